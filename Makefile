@@ -1,0 +1,32 @@
+# Two entry points a newcomer needs: `make demo` and `make test`. Both install what they need into
+# ./.venv first (Python 3.11+, pip; nothing else).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/blurset demo --dir demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline annotation model tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/hashing.py
+	$(BIN)/python benchmarks/dedup_quality.py
+	$(BIN)/python benchmarks/dedup_search.py
+
+clean:
+	rm -rf demo workspace .pytest_cache

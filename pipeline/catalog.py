@@ -1,0 +1,378 @@
+"""The catalog: SQLAlchemy Core tables in a SQLite file in the workspace (or any SQLAlchemy URL).
+
+Images are keyed by content (sha256); ``image_paths`` keeps every place an image was found, so an
+exact duplicate under two names is stored once and both paths are kept. Writes go through
+``Catalog`` methods, one transaction per batch, so a run killed halfway leaves whole batches only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+metadata = MetaData()
+
+sources = Table(
+    "sources", metadata,
+    Column("name", String, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("root", Text, nullable=False),
+    Column("created_at", String, nullable=False),
+    Column("updated_at", String, nullable=False),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the original bytes
+    Column("format", String, nullable=False),
+    Column("width", Integer, nullable=False),  # after EXIF orientation (as displayed)
+    Column("height", Integer, nullable=False),
+    Column("mode", String, nullable=False),
+    Column("exif_orientation", Integer, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("object_path", Text, nullable=False),
+    Column("phash", String(16), nullable=False),
+    Column("thumb", LargeBinary, nullable=False),
+    Column("created_at", String, nullable=False),
+)
+
+image_paths = Table(
+    "image_paths", metadata,
+    Column("source", String, ForeignKey("sources.name"), primary_key=True),
+    Column("rel_path", Text, primary_key=True),
+    Column("image_id", String(64), ForeignKey("images.id"), nullable=False, index=True),
+    Column("signature", String, nullable=False),  # size and mtime of the image and its mask
+    Column("blur_type", String),
+    Column("excluded", Text),  # why this path is not a candidate any more (None = kept)
+    Column("created_at", String, nullable=False),
+)
+
+masks = Table(
+    "masks", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("image_id", String(64), ForeignKey("images.id"), nullable=False, index=True),
+    Column("source", String, nullable=False),
+    Column("rel_path", Text, nullable=False),
+    Column("kind", String, nullable=False),  # blur | saliency
+    Column("origin", String, nullable=False),  # ground-truth | annotation | provenance
+    Column("object_path", Text, nullable=False),  # blur: normalised 8-bit PNG, 255 = blurred
+    Column("original_id", String(64), nullable=False),  # sha256 of the mask file as found
+    Column("inverted", Boolean, nullable=False),
+    Column("blur_degree", Float),
+    Column("created_at", String, nullable=False),
+    UniqueConstraint("image_id", "source", "rel_path", "kind", "original_id"),
+)
+
+quarantine = Table(
+    "quarantine", metadata,
+    Column("source", String, primary_key=True),
+    Column("rel_path", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("signature", String, nullable=False),
+    Column("object_path", Text),  # the bad bytes, kept in the store under their sha256
+    Column("created_at", String, nullable=False),
+)
+
+dedup_runs = Table(
+    "dedup_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("reference", String, nullable=False),
+    Column("threshold", Integer),
+    Column("params", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("created_at", String, nullable=False),
+)
+
+duplicate_findings = Table(
+    "duplicate_findings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("dedup_runs.id"), nullable=False),
+    Column("candidate_source", String, nullable=False),
+    Column("candidate_path", Text, nullable=False),
+    Column("candidate_id", String(64), nullable=False),
+    Column("reference_source", String, nullable=False),
+    Column("reference_path", Text, nullable=False),
+    Column("reference_id", String(64), nullable=False),
+    Column("distance", Integer, nullable=False),
+    Column("method", String, nullable=False),
+    Column("score", Float),
+    Column("verdict", String, nullable=False),  # duplicate | rejected
+    UniqueConstraint("candidate_source", "candidate_path", "reference_source", "reference_path"),
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class SourceConflictError(ValueError):
+    """A source name is reused for another folder or kind."""
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: str
+    format: str
+    width: int
+    height: int
+    mode: str
+    exif_orientation: int
+    size_bytes: int
+    object_path: str
+    phash: str
+    thumb: bytes
+
+
+@dataclass(frozen=True)
+class PathRow:
+    rel_path: str
+    image_id: str
+    signature: str
+    blur_type: str | None
+
+
+@dataclass(frozen=True)
+class MaskRow:
+    image_id: str
+    rel_path: str
+    kind: str
+    origin: str
+    object_path: str
+    original_id: str
+    inverted: bool
+    blur_degree: float | None
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    rel_path: str
+    reason: str
+    signature: str
+    object_path: str | None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Catalog:
+    """Typed access to the catalog tables."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- sources -----------------------------------------------------------------------------
+    def register_source(self, name: str, kind: str, root: str) -> None:
+        """Add a source, or confirm that NAME is the same folder and kind as before."""
+        with self.engine.begin() as c:
+            row = c.execute(select(sources).where(sources.c.name == name)).mappings().first()
+            if row is None:
+                c.execute(insert(sources).values(name=name, kind=kind, root=root,
+                                                 created_at=now(), updated_at=now()))
+            elif row["kind"] != kind or row["root"] != root:
+                raise SourceConflictError(
+                    f"source {name!r} was ingested as kind {row['kind']} from {row['root']}; "
+                    f"now asked for kind {kind} from {root}. Use another --name for another folder.")
+            else:
+                c.execute(update(sources).where(sources.c.name == name).values(updated_at=now()))
+
+    def source(self, name: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(sources).where(sources.c.name == name)).mappings().first()
+            return dict(row) if row else None
+
+    def list_sources(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(select(sources).order_by(sources.c.name)).mappings()]
+
+    def known_signatures(self, source: str) -> dict[str, str]:
+        """rel_path → signature for every path of a source already ingested or quarantined."""
+        with self.engine.connect() as c:
+            known = dict(c.execute(select(image_paths.c.rel_path, image_paths.c.signature)
+                                   .where(image_paths.c.source == source)).all())
+            known.update(c.execute(select(quarantine.c.rel_path, quarantine.c.signature)
+                                   .where(quarantine.c.source == source)).all())
+        return known
+
+    # -- ingest ------------------------------------------------------------------------------
+    def record_batch(self, source: str, imgs: Sequence[ImageRow], paths: Sequence[PathRow],
+                     mask_rows: Sequence[MaskRow], bad: Sequence[QuarantineRow]) -> None:
+        """Write one batch's results in a single transaction (all or nothing)."""
+        ts = now()
+        with self.engine.begin() as c:
+            for im in imgs:
+                c.execute(self._insert_ignore(images).values(**asdict(im), created_at=ts))
+            for p in paths:
+                c.execute(delete(quarantine).where(quarantine.c.source == source,
+                                                   quarantine.c.rel_path == p.rel_path))
+                values = dict(asdict(p), source=source, created_at=ts)
+                stmt = self._upsert(image_paths, values, ["source", "rel_path"],
+                                    ["image_id", "signature", "blur_type"])
+                c.execute(stmt)
+            for m in mask_rows:
+                c.execute(self._insert_ignore(masks).values(**asdict(m), source=source,
+                                                            created_at=ts))
+            for q in bad:
+                values = dict(asdict(q), source=source, created_at=ts)
+                c.execute(self._upsert(quarantine, values, ["source", "rel_path"],
+                                       ["reason", "signature", "object_path", "created_at"]))
+
+    def _insert_ignore(self, table: Table):
+        if self.engine.dialect.name == "sqlite":
+            return sqlite_insert(table).prefix_with("OR IGNORE")
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return pg_insert(table).on_conflict_do_nothing()
+
+    def _upsert(self, table: Table, values: dict, keys: list[str], changing: list[str]):
+        if self.engine.dialect.name == "sqlite":
+            stmt = sqlite_insert(table).values(**values)
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            stmt = pg_insert(table).values(**values)
+        return stmt.on_conflict_do_update(index_elements=keys,
+                                          set_={k: values[k] for k in changing})
+
+    # -- queries -----------------------------------------------------------------------------
+    def quarantined(self, source: str | None = None) -> list[dict]:
+        q = select(quarantine).order_by(quarantine.c.source, quarantine.c.rel_path)
+        if source:
+            q = q.where(quarantine.c.source == source)
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def hash_rows(self, source_names: Iterable[str] | None = None) -> list[dict]:
+        """Every (source, path) with its image's hashes, in a stable order."""
+        q = (select(image_paths.c.source, image_paths.c.rel_path, image_paths.c.image_id,
+                    images.c.phash, images.c.thumb)
+             .join(images, images.c.id == image_paths.c.image_id)
+             .order_by(image_paths.c.source, image_paths.c.rel_path))
+        if source_names is not None:
+            q = q.where(image_paths.c.source.in_(list(source_names)))
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def counts(self) -> dict[str, int]:
+        from sqlalchemy import func
+        with self.engine.connect() as c:
+            def n(t: Table, *where) -> int:
+                return c.execute(select(func.count()).select_from(t).where(*where)).scalar_one()
+            return {
+                "sources": n(sources),
+                "images": n(images),
+                "paths": n(image_paths),
+                "excluded": n(image_paths, image_paths.c.excluded.is_not(None)),
+                "blur_masks": n(masks, masks.c.kind == "blur"),
+                "saliency_masks": n(masks, masks.c.kind == "saliency"),
+                "quarantined": n(quarantine),
+                "duplicates": n(duplicate_findings, duplicate_findings.c.verdict == "duplicate"),
+            }
+
+    def path_counts(self) -> dict[str, int]:
+        from sqlalchemy import func
+        with self.engine.connect() as c:
+            return dict(c.execute(select(image_paths.c.source, func.count())
+                                  .group_by(image_paths.c.source)).all())
+
+    # -- dedup -------------------------------------------------------------------------------
+    def replace_findings(self, reference: str, threshold: int | None, params: dict,
+                         summary: dict, findings: Sequence[dict],
+                         exclusions: dict[tuple[str, str], str]) -> int:
+        """Store a dedup run: its findings replace the previous ones, exclusions are recomputed.
+
+        One transaction, so a killed run leaves the previous findings in place.
+        """
+        with self.engine.begin() as c:
+            run_id = c.execute(insert(dedup_runs).values(
+                reference=reference, threshold=threshold, params=json.dumps(params, sort_keys=True),
+                summary=json.dumps(summary, sort_keys=True), created_at=now())).inserted_primary_key[0]
+            c.execute(delete(duplicate_findings))
+            if findings:
+                c.execute(insert(duplicate_findings), [dict(f, run_id=run_id) for f in findings])
+            c.execute(update(image_paths).where(image_paths.c.excluded.like("duplicate%"))
+                      .values(excluded=None))
+            for (src, path), reason in exclusions.items():
+                c.execute(update(image_paths).where(image_paths.c.source == src,
+                                                    image_paths.c.rel_path == path)
+                          .values(excluded=reason))
+        return run_id
+
+    def findings(self, verdict: str | None = "duplicate") -> list[dict]:
+        q = select(duplicate_findings).order_by(duplicate_findings.c.candidate_source,
+                                                duplicate_findings.c.candidate_path,
+                                                duplicate_findings.c.reference_source,
+                                                duplicate_findings.c.reference_path)
+        if verdict:
+            q = q.where(duplicate_findings.c.verdict == verdict)
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def last_dedup_run(self) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(dedup_runs).order_by(dedup_runs.c.id.desc())).mappings().first()
+            return dict(row) if row else None
+
+    def excluded_paths(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(image_paths.c.source, image_paths.c.rel_path, image_paths.c.excluded)
+                .where(image_paths.c.excluded.is_not(None))
+                .order_by(image_paths.c.source, image_paths.c.rel_path)).mappings()]
+
+    def image(self, image_id: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(images).where(images.c.id == image_id)).mappings().first()
+            return dict(row) if row else None
+
+    def blur_masks(self, image_id: str) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(masks).where(masks.c.image_id == image_id, masks.c.kind == "blur"))
+                .mappings()]
+
+    def saliency_masks(self, image_id: str) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(masks).where(masks.c.image_id == image_id, masks.c.kind == "saliency"))
+                .mappings()]
+
+    def paths_of(self, source: str) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(image_paths).where(image_paths.c.source == source)
+                .order_by(image_paths.c.rel_path)).mappings()]

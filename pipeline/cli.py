@@ -1,0 +1,189 @@
+"""The `blurset` command line. Each verb calls one flow or one report; settings enter here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.catalog import SourceConflictError
+from pipeline.ingest import DEFAULT_MAX_PIXELS
+from pipeline.sources import ADAPTERS, LayoutError, scan_source
+from pipeline.workspace import Workspace
+
+
+def prefect_env(ws_root: Path, verbose: bool = False) -> None:
+    """Prefect settings that fit a one-machine CLI, unless the user set them already.
+
+    Must run before Prefect is imported: its settings are read then.
+    """
+    os.environ.setdefault("PREFECT_HOME", str(ws_root / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+
+
+class Ctx:
+    def __init__(self, workspace: str | None, catalog_url: str | None, verbose: bool):
+        self._workspace_arg = workspace
+        self._catalog_url = catalog_url
+        self.verbose = verbose
+        self._ws: Workspace | None = None
+
+    @property
+    def ws(self) -> Workspace:
+        if self._ws is None:
+            self._ws = Workspace.open(self._workspace_arg, self._catalog_url)
+            if self._catalog_url:
+                os.environ["BLURSET_CATALOG_URL"] = self._catalog_url
+            prefect_env(self._ws.root, self.verbose)
+        return self._ws
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workspace", "-w", type=click.Path(file_okay=False),
+              help="Workspace folder (catalog, objects, quarantine). Default: $BLURSET_WORKSPACE or ./workspace")
+@click.option("--catalog-url", help="SQLAlchemy URL of the catalog (default: SQLite in the workspace).")
+@click.option("--verbose", "-v", is_flag=True, help="Show Prefect's run logs.")
+@click.pass_context
+def cli(ctx: click.Context, workspace: str | None, catalog_url: str | None, verbose: bool) -> None:
+    """blurset: build blur-detection datasets (ingest → dedup → annotate → release → train)."""
+    ctx.obj = Ctx(workspace, catalog_url, verbose)
+
+
+@cli.command()
+@click.option("--kind", required=True, type=click.Choice(sorted(ADAPTERS)), help="Folder layout.")
+@click.option("--name", required=True, help="Source name in the catalog, e.g. cuhk or msra10k.")
+@click.option("--batch-size", default=64, show_default=True, help="Images per Prefect task.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Images with more pixels are quarantined (decompression bombs).")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@pass_ctx
+def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path: str) -> None:
+    """Ingest the images of a dataset folder into the workspace."""
+    root = Path(path).resolve()
+    try:
+        scan_source(kind, root)  # layout errors before anything is written
+        src = c.ws.catalog().source(name)
+        if src and (src["kind"], src["root"]) != (kind, str(root)):
+            raise SourceConflictError(
+                f"source {name!r} was ingested as kind {src['kind']} from {src['root']}; "
+                f"now asked for kind {kind} from {root}. Use another --name for another folder.")
+    except (LayoutError, SourceConflictError) as e:
+        raise click.ClickException(str(e)) from None
+    from pipeline.flows import ingest_flow
+    s = ingest_flow(str(c.ws.root), kind, name, str(root), batch_size, max_pixels)
+    click.echo(f"{name}: {s['found']} images found, {s['ingested']} ingested now, "
+               f"{s['found'] - s['new_or_changed']} unchanged, {s['quarantined_now']} quarantined now "
+               f"({s['quarantined_total']} in quarantine for this source). "
+               f"Catalog: {s['catalog_images']} images under {s['catalog_paths']} paths.")
+
+
+@cli.command()
+@click.option("--reference", required=True, help="Name of the reference source (e.g. cuhk).")
+@click.option("--threshold", type=int, default=None,
+              help="Hamming distance for hash candidates (default: the method's own).")
+@pass_ctx
+def dedup(c: Ctx, reference: str, threshold: int | None) -> None:
+    """Find candidates that duplicate the reference source or each other; exclude them."""
+    from pipeline.findings import UnknownSourceError
+    ws = c.ws
+    names = [s["name"] for s in ws.catalog().list_sources()]
+    if reference not in names:
+        raise click.ClickException(UnknownSourceError(
+            f"reference source {reference!r} is not in the catalog; ingested sources: "
+            f"{', '.join(names) or 'none'}").args[0])
+    from pipeline.flows import dedup_flow
+    s = dedup_flow(str(ws.root), reference, threshold)
+    click.echo(f"dedup against {reference}: {s['candidate_images']} candidate images checked against "
+               f"{s['reference_images']} reference images; {s['duplicates']} duplicate pairs "
+               f"({', '.join(f'{k}: {v}' for k, v in s['by_method'].items()) or 'none'}), "
+               f"{s['rejected_lookalikes']} look-alikes rejected by verification; "
+               f"{s['excluded_paths']} candidate paths excluded.")
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--sheet", type=click.Path(dir_okay=False), help="Also write a contact sheet PNG of the pairs.")
+@click.option("--rejected", is_flag=True, help="List the look-alikes that verification rejected instead.")
+@pass_ctx
+def dups(c: Ctx, fmt: str, sheet: str | None, rejected: bool) -> None:
+    """Print the duplicate pairs found by the last dedup run."""
+    from pipeline.findings import contact_sheet, report
+    catalog = c.ws.catalog()
+    found = catalog.findings("rejected" if rejected else "duplicate")
+    click.echo(report(found, fmt), nl=False)
+    if sheet:
+        out = contact_sheet(catalog, c.ws.objects, found, Path(sheet))
+        click.echo(f"contact sheet: {out.resolve()}", err=True)
+
+
+@cli.command(name="quarantine")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--source", help="Only this source.")
+@pass_ctx
+def quarantine_cmd(c: Ctx, fmt: str, source: str | None) -> None:
+    """List the files that were quarantined, with the reason."""
+    rows = [{"source": q["source"], "path": q["rel_path"], "reason": q["reason"]}
+            for q in c.ws.catalog().quarantined(source)]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    import csv
+    w = csv.DictWriter(sys.stdout, fieldnames=["source", "path", "reason"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+
+
+@cli.command()
+@pass_ctx
+def status(c: Ctx) -> None:
+    """Counts in the catalog."""
+    catalog = c.ws.catalog()
+    click.echo(f"workspace: {c.ws.root}")
+    for k, v in catalog.counts().items():
+        click.echo(f"  {k}: {v}")
+    for name, n in sorted(catalog.path_counts().items()):
+        click.echo(f"  source {name}: {n} paths")
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--size", type=click.Choice(["demo", "bench"]), default="demo", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def sample(dest: str, size: str, seed: int) -> None:
+    """Write the bundled sample (CUHK-, MSRA10K-, DUT-OMRON-style folders) to DEST."""
+    from pipeline.sample import write_sample
+    try:
+        info = write_sample(Path(dest), size=size, seed=seed)
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"sample written to {Path(dest).resolve()} (truth: {info.truth})")
+
+
+@cli.command()
+@click.option("--dir", "demo_dir", default="demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo's sample and workspace.")
+@click.pass_context
+def demo(ctx: click.Context, demo_dir: str) -> None:
+    """Run the whole pipeline on the bundled sample: sample → ingest → dedup → report."""
+    from pipeline.demo import run_demo
+    c: Ctx = ctx.obj
+    if c._workspace_arg is None:
+        c._workspace_arg = str(Path(demo_dir) / "workspace")
+    run_demo(Path(demo_dir), c.ws)
+
+
+def main() -> None:
+    cli(prog_name="blurset")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Prefect flows: thin wrappers that fan the stages out in batches and keep retries on I/O.
+
+One Prefect task per batch of images, never per image. Catalog writes happen in the flow, one
+transaction per batch, so a run killed halfway keeps every finished batch and a re-run continues.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from pipeline import findings as findings_stage
+from pipeline.ingest import (
+    DEFAULT_MAX_PIXELS,
+    BatchResult,
+    ingest_batch,
+    item_signature,
+    quarantine_orphans,
+)
+from pipeline.sources import scan_source
+from pipeline.workspace import Workspace
+
+
+@task(name="ingest-batch", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def ingest_batch_task(root: str, items: list, objects_root: str, quarantine_root: str,
+                      max_pixels: int) -> BatchResult:
+    return ingest_batch(Path(root), items, Path(objects_root), Path(quarantine_root), max_pixels)
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _write(catalog, source: str, res: BatchResult) -> None:
+    catalog.record_batch(source, res.images, res.paths, res.masks, res.quarantined)
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def ingest_flow(workspace: str, kind: str, name: str, path: str, batch_size: int = 64,
+                max_pixels: int = DEFAULT_MAX_PIXELS, show_progress: bool = True) -> dict:
+    """Ingest the folder at ``path`` (layout ``kind``) as source ``name``."""
+    logger = get_run_logger()
+    ws = Workspace.open(workspace)
+    catalog = ws.catalog()
+    root = Path(path).resolve()
+    scan = scan_source(kind, root)  # LayoutError: clear message, nothing written yet
+    catalog.register_source(name, kind, str(root))
+
+    known = catalog.known_signatures(name)
+    todo = [it for it in scan.items if known.get(it.rel_path) != item_signature(root, it)]
+    orphans = [o for o in scan.orphan_masks if o.rel_path not in known]
+    logger.info("%s: %d images found, %d new or changed, %d already ingested",
+                name, len(scan.items), len(todo), len(scan.items) - len(todo))
+
+    if orphans:
+        _write(catalog, name, quarantine_orphans(root, orphans, ws.quarantine_store.root))
+    batches = _batches(todo, batch_size)
+    futures = [ingest_batch_task.submit(str(root), batch, str(ws.objects.root),
+                                        str(ws.quarantine_store.root), max_pixels)
+               for batch in batches]
+    new_images = new_bad = 0
+    with tqdm(total=len(todo), desc=f"ingest {name}", unit="img", disable=not show_progress) as bar:
+        for batch, fut in zip(batches, futures, strict=True):
+            res = fut.result()
+            _write(catalog, name, res)  # one transaction per batch
+            new_images += len(res.paths)
+            new_bad += len(res.quarantined)
+            bar.update(len(batch))
+    counts = catalog.counts()
+    summary = {"source": name, "kind": kind, "found": len(scan.items), "new_or_changed": len(todo),
+               "ingested": new_images, "quarantined_now": new_bad + len(orphans),
+               "quarantined_total": len(catalog.quarantined(name)),
+               "catalog_images": counts["images"], "catalog_paths": counts["paths"]}
+    create_table_artifact(key=f"ingest-{_slug(name)}", table=[summary],
+                          description=f"blurset ingest of {name} ({kind}) from {root}")
+    catalog.close()
+    return summary
+
+
+@task(name="find-duplicates", cache_policy=NO_CACHE)
+def dedup_task(catalog_url: str, reference: str, threshold: int | None,
+               show_progress: bool) -> findings_stage.DedupOutcome:
+    from pipeline.catalog import Catalog
+    catalog = Catalog(catalog_url)
+    bar = tqdm(desc="dedup", unit="img", disable=not show_progress)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return findings_stage.run_dedup(catalog, reference, threshold, progress)
+    finally:
+        bar.close()
+        catalog.close()
+
+
+@flow(name="dedup")
+def dedup_flow(workspace: str, reference: str, threshold: int | None = None,
+               show_progress: bool = True) -> dict:
+    """Check every candidate against the reference source and the other candidates."""
+    ws = Workspace.open(workspace)
+    catalog = ws.catalog()
+    outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress)
+    catalog.replace_findings(reference, threshold, {"threshold": threshold}, outcome.summary,
+                             outcome.findings, outcome.exclusions)
+    rows = [{"method": m, "duplicates": n} for m, n in outcome.summary["by_method"].items()]
+    rows.append({"method": "rejected by verification", "duplicates": outcome.summary["rejected_lookalikes"]})
+    create_table_artifact(key="dedup-summary", table=rows,
+                          description=f"blurset dedup against {reference}: "
+                                      f"{outcome.summary['excluded_paths']} paths excluded, "
+                                      f"{len(catalog.quarantined())} files in quarantine")
+    catalog.close()
+    return outcome.summary
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "source"

@@ -1,0 +1,216 @@
+"""Ingest stage: decode, check, hash and store a batch of source files (no Prefect here).
+
+Every file ends either ingested (original bytes in the object store, a catalog row with its hashes)
+or quarantined with a reason (its bytes kept in the quarantine store). Nothing raises out of
+``ingest_batch`` for a bad file, so one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.catalog import ImageRow, MaskRow, PathRow, QuarantineRow
+from pipeline.hashing import hash_opened
+from pipeline.sources import OrphanMask, SourceItem
+from pipeline.store import FORMAT_EXTENSIONS, ObjectStore, extension_for, sha256_hex
+
+DEFAULT_MAX_PIXELS = 100_000_000
+EXIF_ORIENTATION = 0x0112
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
+
+
+class BadFile(Exception):
+    """A file that cannot be ingested; the message is the quarantine reason."""
+
+
+@dataclass
+class BatchResult:
+    images: list[ImageRow] = field(default_factory=list)
+    paths: list[PathRow] = field(default_factory=list)
+    masks: list[MaskRow] = field(default_factory=list)
+    quarantined: list[QuarantineRow] = field(default_factory=list)
+
+
+def file_signature(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def item_signature(root: Path, item: SourceItem) -> str:
+    """Changes whenever the image file or its mask file changes."""
+    sig = file_signature(root / item.rel_path)
+    if item.mask_path:
+        sig += "|" + file_signature(root / item.mask_path)
+    return sig
+
+
+@dataclass(frozen=True)
+class Opened:
+    image: Image.Image
+    format: str
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    orientation: int
+
+
+def open_checked(data: bytes, max_pixels: int) -> Opened:
+    """Open image bytes lazily and check them at the boundary; raises BadFile with the reason."""
+    if not data:
+        raise BadFile("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadFile("not an image: Pillow cannot identify the file's format") from None
+    except Image.DecompressionBombError as e:
+        raise BadFile(f"pixel limit: {e}") from None
+    except DECODE_ERRORS as e:
+        raise BadFile(f"corrupt image header: {e}") from None
+    if im.format not in FORMAT_EXTENSIONS:
+        raise BadFile(f"unsupported format {im.format}; supported: {', '.join(sorted(FORMAT_EXTENSIONS))}")
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise BadFile(f"zero-size image ({w}×{h})")
+    if w * h > max_pixels:
+        raise BadFile(f"pixel limit: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+                      "(a decompression bomb or a huge scan; raise --max-pixels to accept it)")
+    try:
+        orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except DECODE_ERRORS:
+        orientation = 1
+    if orientation not in range(1, 9):
+        orientation = 1
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return Opened(im, im.format, w, h, orientation)
+
+
+def normalise_blur_mask(data: bytes, inverted: bool) -> np.ndarray:
+    """Any mask file → uint8 0/255 with 255 = blurred (RGBA/P masks read with convert("L"))."""
+    with Image.open(io.BytesIO(data)) as m:
+        if m.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(m, dtype=np.float64)
+            arr = arr * (255.0 / 65535.0) if arr.max() > 255 else arr
+        else:
+            arr = np.asarray(m.convert("L"), dtype=np.float64)
+    binary = np.where(arr >= 128, 255, 0).astype(np.uint8)
+    return 255 - binary if inverted else binary
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _quarantine(result: BatchResult, qstore: ObjectStore, rel: str, reason: str, sig: str,
+                data: bytes | None) -> None:
+    obj = qstore.put(data, Path(rel).suffix.lower() or ".bin") if data else None
+    result.quarantined.append(QuarantineRow(rel_path=rel, reason=reason, signature=sig,
+                                            object_path=obj))
+
+
+def _ingest_mask(root: Path, item: SourceItem, image_id: str, size: tuple[int, int],
+                 store: ObjectStore, qstore: ObjectStore, max_pixels: int,
+                 result: BatchResult) -> None:
+    assert item.mask_path and item.mask_kind
+    path = root / item.mask_path
+    sig = file_signature(path)
+    data = path.read_bytes()
+    try:
+        opened = open_checked(data, max_pixels)
+        if (opened.width, opened.height) != size:
+            raise BadFile(f"mask size {opened.width}×{opened.height} differs from its image "
+                          f"{item.rel_path} ({size[0]}×{size[1]})")
+        if item.mask_kind == "blur":
+            arr = normalise_blur_mask(data, item.mask_inverted)
+            png = encode_png(arr)
+            obj = store.put(png, ".png")
+            degree = float(arr.mean() / 255.0)
+        else:
+            opened.image.load()
+            obj = store.put(data, extension_for(opened.format))
+            degree = None
+    except BadFile as e:
+        _quarantine(result, qstore, item.mask_path, str(e), sig, data)
+        return
+    except DECODE_ERRORS as e:
+        _quarantine(result, qstore, item.mask_path, f"corrupt or truncated mask: {e}", sig, data)
+        return
+    result.masks.append(MaskRow(
+        image_id=image_id, rel_path=item.mask_path, kind=item.mask_kind,
+        origin="ground-truth" if item.mask_kind == "blur" else "provenance",
+        object_path=obj, original_id=sha256_hex(data), inverted=item.mask_inverted,
+        blur_degree=degree))
+
+
+def ingest_item(root: Path, item: SourceItem, store: ObjectStore, qstore: ObjectStore,
+                max_pixels: int, result: BatchResult) -> None:
+    path = root / item.rel_path
+    sig = item_signature(root, item)
+    data = path.read_bytes()
+    try:
+        opened = open_checked(data, max_pixels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            hashes = hash_opened(opened.image)
+    except BadFile as e:
+        _quarantine(result, qstore, item.rel_path, str(e), sig, data)
+        return
+    except DECODE_ERRORS as e:
+        _quarantine(result, qstore, item.rel_path,
+                    f"corrupt or truncated {opened.format} data: {e}", sig, data)
+        return
+    image_id = sha256_hex(data)
+    obj = store.put(data, extension_for(opened.format), digest=image_id)
+    result.images.append(ImageRow(
+        id=image_id, format=opened.format, width=opened.width, height=opened.height,
+        mode=opened.image.mode, exif_orientation=opened.orientation, size_bytes=len(data),
+        object_path=obj, phash=f"{hashes.phash:016x}", thumb=hashes.thumb_bytes()))
+    result.paths.append(PathRow(rel_path=item.rel_path, image_id=image_id, signature=sig,
+                                blur_type=item.blur_type))
+    if item.mask_path:
+        _ingest_mask(root, item, image_id, (opened.width, opened.height), store, qstore,
+                     max_pixels, result)
+
+
+def ingest_batch(root: Path, items: Sequence[SourceItem], objects_root: Path,
+                 quarantine_root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> BatchResult:
+    """Ingest a batch of files of one source. Bad files are quarantined, never raised."""
+    store, qstore = ObjectStore(Path(objects_root)), ObjectStore(Path(quarantine_root))
+    # Pillow refuses images over twice this limit before we can: keep its guard above ours.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+    result = BatchResult()
+    for item in items:
+        try:
+            ingest_item(Path(root), item, store, qstore, max_pixels, result)
+        except FileNotFoundError as e:
+            result.quarantined.append(QuarantineRow(
+                rel_path=item.rel_path, reason=f"file vanished during ingest: {e}",
+                signature="missing", object_path=None))
+    return result
+
+
+def quarantine_orphans(root: Path, orphans: Sequence[OrphanMask], quarantine_root: Path) -> BatchResult:
+    """Masks with no image of their stem: kept in quarantine with a reason, never ingested."""
+    qstore = ObjectStore(Path(quarantine_root))
+    result = BatchResult()
+    for o in orphans:
+        p = Path(root) / o.rel_path
+        _quarantine(result, qstore, o.rel_path,
+                    f"{o.kind} mask without an image of the same name", file_signature(p),
+                    p.read_bytes())
+    return result
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))

@@ -1,0 +1,40 @@
+"""The workspace: one folder holding the catalog, the object store and the quarantine store."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.catalog import Catalog
+from pipeline.store import ObjectStore
+
+DEFAULT_WORKSPACE = "workspace"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    catalog_url: str
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, catalog_url: str | None = None) -> "Workspace":
+        """Resolve the workspace: argument, else ``BLURSET_WORKSPACE``, else ``./workspace``."""
+        root = Path(root or os.environ.get("BLURSET_WORKSPACE") or DEFAULT_WORKSPACE).resolve()
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"workspace {root} exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        url = catalog_url or os.environ.get("BLURSET_CATALOG_URL") or f"sqlite:///{root / 'catalog.sqlite'}"
+        return cls(root=root, catalog_url=url)
+
+    @property
+    def objects(self) -> ObjectStore:
+        return ObjectStore(self.root / "objects")
+
+    @property
+    def quarantine_store(self) -> ObjectStore:
+        """Bytes of quarantined files, kept by content so a bad file found here is never lost."""
+        return ObjectStore(self.root / "quarantine")
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.catalog_url)

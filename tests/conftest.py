@@ -1,0 +1,102 @@
+"""Shared fixtures: real files built here, a real SQLite catalog, one Prefect test harness."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Prefect reads its settings when first imported: point it inside the test session.
+    root = Path(config.rootpath) / ".pytest_cache" / "prefect-home"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(root))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.pop("BLURSET_WORKSPACE", None)
+    os.environ.pop("BLURSET_CATALOG_URL", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def photo(index: int = 0, size: tuple[int, int] | None = None) -> Image.Image:
+    """A real photo shipped by scikit-image (deterministic)."""
+    import skimage.data as d
+    names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"]
+    arr = getattr(d, names[index % len(names)])()
+    im = Image.fromarray(arr).convert("RGB")
+    return im.resize(size, Image.Resampling.LANCZOS) if size else im
+
+
+def jpeg_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=kw.pop("quality", 90), **kw)
+    return buf.getvalue()
+
+
+def png_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def png_with_claimed_size(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose header claims width×height (a decompression bomb's header)."""
+    data = bytearray(png_bytes(Image.new("L", (8, 8), 0)))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def exif_rotated_jpeg(im: Image.Image) -> bytes:
+    """Pixels stored sideways with EXIF orientation 6, so viewers show ``im`` upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return jpeg_bytes(im.transpose(Image.Transpose.ROTATE_90), exif=exif)
+
+
+@pytest.fixture
+def bad_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A `folder` source with every kind of bad or odd input; returns (root, expected outcome)."""
+    root = tmp_path / "odd"
+    root.mkdir()
+    base = photo(1, (400, 300))
+    good = jpeg_bytes(base)
+    files: dict[str, bytes] = {
+        "ok.jpg": good,
+        "truncated.jpg": good[: len(good) // 2],
+        "empty.jpg": b"",
+        "text.jpg": b"this is not a jpeg, just text\n" * 20,
+        "bomb.png": png_with_claimed_size(30000, 30000),
+        "corrupt.png": png_bytes(base)[:60] + b"\x00" * 400,
+        "gray16.png": png_bytes(Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))),
+        "cmyk.jpg": jpeg_bytes(base.convert("CMYK")),
+        "palette.png": png_bytes(base.convert("P", palette=Image.Palette.ADAPTIVE)),
+        "alpha.png": png_bytes(base.convert("RGBA")),
+        "gray.jpg": jpeg_bytes(base.convert("L")),
+        "rotated.jpg": exif_rotated_jpeg(photo(2, (400, 300))),
+        "nested/deeper/copy.JPG": good,
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    expected = {
+        "truncated.jpg": "truncated", "empty.jpg": "empty", "text.jpg": "not an image",
+        "bomb.png": "pixel limit", "corrupt.png": "corrupt",
+    }
+    return root, expected

@@ -1,0 +1,32 @@
+"""Object store and catalog basics."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from pipeline.catalog import Catalog, SourceConflictError
+from pipeline.store import ObjectStore
+
+
+def test_put_is_content_addressed_write_once_and_read_only(tmp_path):
+    store = ObjectStore(tmp_path / "objects")
+    data = b"\xff\xd8 fake jpeg bytes"
+    rel = store.put(data, ".jpg")
+    digest = hashlib.sha256(data).hexdigest()
+    assert rel == f"{digest[:2]}/{digest}.jpg"
+    path = store.root / rel
+    mtime = path.stat().st_mtime_ns
+    assert store.put(data, ".jpg") == rel and path.stat().st_mtime_ns == mtime
+    assert store.read(rel) == data
+    assert not (path.stat().st_mode & 0o222)  # objects are read-only
+    assert not list(store.root.rglob(".tmp-*"))
+
+
+def test_a_source_name_cannot_be_reused_for_another_folder(tmp_path):
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    catalog.register_source("msra", "msra10k", "/data/msra")
+    catalog.register_source("msra", "msra10k", "/data/msra")  # same again: fine
+    with pytest.raises(SourceConflictError, match="Use another --name"):
+        catalog.register_source("msra", "folder", "/data/other")
