@@ -67,9 +67,9 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
 
     def add(cand: tuple[str, str], cand_id: str, ref: tuple[str, str], ref_id: str,
             distance: int, method: str, score: float | None, verdict: str) -> None:
-        findings.append(dict(candidate_source=cand[0], candidate_path=cand[1], candidate_id=cand_id,
-                             reference_source=ref[0], reference_path=ref[1], reference_id=ref_id,
-                             distance=distance, method=method, score=score, verdict=verdict))
+        findings.append({"candidate_source": cand[0], "candidate_path": cand[1], "candidate_id": cand_id,
+                             "reference_source": ref[0], "reference_path": ref[1], "reference_id": ref_id,
+                             "distance": distance, "method": method, "score": score, "verdict": verdict})
         if verdict == "duplicate":
             kind = "reference" if ref[0] == reference else "candidate"
             reason = f"duplicate of {kind} {ref[0]}/{ref[1]} ({method})"
@@ -134,7 +134,7 @@ def contact_sheet(catalog: Catalog, store: ObjectStore, findings: Sequence[dict]
     caption_h, pad = 28, 6
     width = 2 * tile + 3 * pad
     row_h = tile + caption_h + pad
-    sheet = Image.new("RGB", (max(width, 480), max(1, len(shown)) * row_h + pad + 20), "white")
+    sheet = Image.new("RGB", (max(width, 760), max(1, len(shown)) * row_h + pad + 20), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 2), f"{len(findings)} duplicate pairs (candidate | reference)"
               + (f", first {limit} shown" if len(findings) > limit else ""), fill="black")

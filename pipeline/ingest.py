@@ -61,6 +61,27 @@ class Opened:
     orientation: int
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable), read without decoding pixels.
+
+    ``Image.getexif()`` would load a whole PNG to look for a late eXIf chunk, and a failed load
+    leaves a half-decoded image that no longer raises: only the header's EXIF is read here.
+    """
+    try:
+        if im.format == "TIFF":
+            value = im.getexif().get(EXIF_ORIENTATION, 1)
+        elif raw := im.info.get("exif"):
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(EXIF_ORIENTATION, 1)
+        else:
+            return 1
+        value = int(value or 1)
+    except (*DECODE_ERRORS, TypeError, KeyError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
 def open_checked(data: bytes, max_pixels: int) -> Opened:
     """Open image bytes lazily and check them at the boundary; raises BadFile with the reason."""
     if not data:
@@ -83,12 +104,7 @@ def open_checked(data: bytes, max_pixels: int) -> Opened:
     if w * h > max_pixels:
         raise BadFile(f"pixel limit: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels} "
                       "(a decompression bomb or a huge scan; raise --max-pixels to accept it)")
-    try:
-        orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-    except DECODE_ERRORS:
-        orientation = 1
-    if orientation not in range(1, 9):
-        orientation = 1
+    orientation = exif_orientation(im)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return Opened(im, im.format, w, h, orientation)

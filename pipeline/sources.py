@@ -103,7 +103,7 @@ class CuhkAdapter(Adapter):
         s = stem.lower()
         if s.startswith("motion"):
             return "motion"
-        if s.startswith("out_of_focus") or s.startswith("defocus"):
+        if s.startswith(("out_of_focus", "defocus")):
             return "defocus"
         return None
 

@@ -18,7 +18,7 @@ class Workspace:
     catalog_url: str
 
     @classmethod
-    def open(cls, root: str | os.PathLike | None = None, catalog_url: str | None = None) -> "Workspace":
+    def open(cls, root: str | os.PathLike | None = None, catalog_url: str | None = None) -> Workspace:
         """Resolve the workspace: argument, else ``BLURSET_WORKSPACE``, else ``./workspace``."""
         root = Path(root or os.environ.get("BLURSET_WORKSPACE") or DEFAULT_WORKSPACE).resolve()
         if root.exists() and not root.is_dir():

@@ -83,7 +83,7 @@ def bad_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "text.jpg": b"this is not a jpeg, just text\n" * 20,
         "bomb.png": png_with_claimed_size(30000, 30000),
         "corrupt.png": png_bytes(base)[:60] + b"\x00" * 400,
-        "gray16.png": png_bytes(Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))),
+        "gray16.png": png_bytes(Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)),
         "cmyk.jpg": jpeg_bytes(base.convert("CMYK")),
         "palette.png": png_bytes(base.convert("P", palette=Image.Palette.ADAPTIVE)),
         "alpha.png": png_bytes(base.convert("RGBA")),

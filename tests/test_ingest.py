@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import jpeg_bytes, photo, png_bytes
-from pipeline.catalog import Catalog
+from PIL import Image
 from pipeline.hashing import ImageHashes
+
+from pipeline.catalog import Catalog
 from pipeline.ingest import ingest_batch, item_signature
 from pipeline.sources import LayoutError, scan_source
 from pipeline.store import ObjectStore
@@ -29,12 +29,12 @@ def ingest_all(root: Path, kind: str, ws: Path, name: str = "src", max_pixels: i
 
 
 def hamming(a: str, b: str) -> int:
-    return bin(int(a, 16) ^ int(b, 16)).count("1")
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def test_every_bad_input_is_quarantined_with_its_reason(bad_folder, tmp_path):
     root, expected = bad_folder
-    catalog, res, _ = ingest_all(root, "folder", tmp_path / "ws", max_pixels=50_000_000)
+    catalog, _res, _ = ingest_all(root, "folder", tmp_path / "ws", max_pixels=50_000_000)
     reasons = {q["rel_path"]: q["reason"] for q in catalog.quarantined()}
     assert set(reasons) == set(expected), reasons
     for rel, keyword in expected.items():
@@ -83,11 +83,11 @@ def test_exif_orientation_is_applied_for_hashing_and_size_but_bytes_kept(tmp_pat
 def test_rerun_changes_nothing_and_exact_copies_are_stored_once(bad_folder, tmp_path):
     root, _ = bad_folder
     ws = tmp_path / "ws"
-    catalog, res, todo = ingest_all(root, "folder", ws)
+    catalog, _res, _todo = ingest_all(root, "folder", ws)
     before = catalog.counts()
     objects = sorted(p for p in (ws / "objects").rglob("*") if p.is_file())
     mtimes = [p.stat().st_mtime_ns for p in objects]
-    catalog2, res2, todo2 = ingest_all(root, "folder", ws)
+    catalog2, _res2, todo2 = ingest_all(root, "folder", ws)
     assert todo2 == [] and catalog2.counts() == before
     assert [p.stat().st_mtime_ns for p in objects] == mtimes
     # ok.jpg and nested/deeper/copy.JPG are the same bytes: one object, two paths
@@ -131,7 +131,7 @@ def cuhk_folder(tmp_path: Path) -> Path:
 def test_cuhk_masks_blur_type_and_mask_checks(tmp_path):
     root = cuhk_folder(tmp_path)
     ws = tmp_path / "ws"
-    catalog, res, _ = ingest_all(root, "cuhk", ws, name="cuhk")
+    catalog, _res, _ = ingest_all(root, "cuhk", ws, name="cuhk")
     paths = {p["rel_path"]: p for p in catalog.paths_of("cuhk")}
     assert {k: v["blur_type"] for k, v in paths.items()} == {
         "image/motion0001.jpg": "motion", "image/out_of_focus0002.JPG": "defocus",
