@@ -10,23 +10,31 @@ import click
 from pipeline.workspace import Workspace
 
 SAMPLE_SOURCES = [("cuhk", "cuhk"), ("msra10k", "msra10k"), ("dut-omron", "dut-omron"),
-                  ("folder", "extra")]
+                  ("folder", "extra")]  # (kind, name); the sample's folder for each is its name
 
 
 def score_against_truth(truth: dict, found: list[dict]) -> dict:
-    """Planted pairs found, missed and false pairs, comparing unordered path pairs."""
-    def key(a: str, b: str) -> frozenset:
-        return frozenset((a, b))
+    """Compare the pairs found with the sample's truth (``truth.json`` of ``blurset sample``).
 
-    planted = {key(p["candidate"], p["reference"]) for p in truth.get("planted", [])}
-    planted |= {key(p["candidate"], p["reference"]) for p in truth.get("candidate_pairs", [])}
-    exact = truth.get("exact_duplicate")
-    if exact:
-        planted.add(key(exact["candidate"], exact["reference"]))
+    Every planted pair (copy of a reference, copy of another candidate, exact duplicate) must be
+    found; a pair found is true when both files show the same photo (so copy-to-copy pairs count
+    as true), false otherwise.
+    """
+    photo = {r["path"]: r["photo"] for r in truth["references"]}
+    photo.update({i["path"]: i["photo"] for i in truth["images"] if i.get("photo")})
+
+    def key(a: str, b: str) -> str:
+        return " ~ ".join(sorted((a, b)))
+
+    planted = {key(p["candidate"], p["reference"])
+               for p in truth["planted_pairs"] + truth["candidate_pairs"]}
+    planted |= {key(p["a"], p["b"]) for p in truth["exact_duplicates"]}
     got = {key(f"{f['candidate_source']}/{f['candidate_path']}",
                f"{f['reference_source']}/{f['reference_path']}") for f in found}
-    return {"planted": len(planted), "found": len(planted & got), "missed": sorted(
-        "~".join(sorted(p)) for p in planted - got), "false": sorted("~".join(sorted(p)) for p in got - planted)}
+    false = sorted(k for k in got if len({photo.get(p) for p in k.split(" ~ ")} - {None}) != 1
+                   or any(p not in photo for p in k.split(" ~ ")))
+    return {"planted": len(planted), "found": len(planted & got), "missed": sorted(planted - got),
+            "found_pairs": len(got), "false": false}
 
 
 def run_demo(demo_dir: Path, ws: Workspace) -> dict:
@@ -56,7 +64,8 @@ def run_demo(demo_dir: Path, ws: Workspace) -> dict:
                f"{s['rejected_lookalikes']} look-alikes rejected by verification, "
                f"{s['excluded_paths']} candidate paths excluded")
     click.echo(f"      against the sample's truth: {score['found']}/{score['planted']} planted pairs found, "
-               f"{len(score['false'])} false pairs")
+               f"{len(score['false'])} false pairs "
+               f"({score['found_pairs']} pairs in all, copy-to-copy pairs included)")
     for m in score["missed"]:
         click.echo(f"      missed: {m}")
     for f in score["false"]:

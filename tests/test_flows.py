@@ -54,7 +54,7 @@ def test_ingest_dedup_report_on_the_sample(prefect_harness, sample, tmp_path):
     got = {f"{q['source']}/{q['path']}": q["reason"].lower() for q in quarantined}
     for bad in truth["bad_files"]:
         key = bad["path"]
-        if bad["expected"] == "quarantine":
+        if bad["expect"] == "quarantine":
             assert key in got, (key, got)
             assert bad["reason"] in got[key], (key, got[key])
         else:
