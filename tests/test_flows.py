@@ -62,7 +62,7 @@ def test_ingest_dedup_report_on_the_sample(prefect_harness, sample, tmp_path):
 
 
 def test_rerun_is_idempotent_and_a_killed_run_resumes(prefect_harness, sample, tmp_path, monkeypatch):
-    import pipeline.flows as flows
+    from pipeline import flows
 
     ws = tmp_path / "ws"
     real = flows.ingest_batch

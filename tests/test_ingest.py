@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import jpeg_bytes, photo, png_bytes
 from PIL import Image
-from pipeline.hashing import ImageHashes
 
 from pipeline.catalog import Catalog
+from pipeline.hashing import ImageHashes
 from pipeline.ingest import ingest_batch, item_signature
 from pipeline.sources import LayoutError, scan_source
 from pipeline.store import ObjectStore
