@@ -127,6 +127,46 @@ duplicate_findings = Table(
 )
 
 
+annotation_tasks = Table(
+    "annotation_tasks", metadata,
+    Column("server", String, primary_key=True),  # Label Studio URL
+    Column("project_id", Integer, primary_key=True),
+    Column("task_id", Integer, primary_key=True),
+    Column("project", String, nullable=False),  # project title
+    Column("image_id", String(64), ForeignKey("images.id"), nullable=False, index=True),
+    Column("source", String, nullable=False),
+    Column("rel_path", Text, nullable=False),
+    Column("prelabel", String),  # model_version of the prediction pushed with the task
+    Column("status", String, nullable=False),  # pushed | annotated | rejected | deleted
+    Column("current_annotation_id", Integer),
+    Column("blur_type", String),
+    Column("annotators", Text),  # JSON list of everyone who submitted an annotation
+    Column("agreement_iou", Float),  # mean pairwise IoU of the annotators' latest masks
+    Column("pushed_at", String, nullable=False),
+    Column("updated_at", String, nullable=False),
+    UniqueConstraint("server", "project_id", "image_id"),
+)
+
+annotations = Table(
+    "annotations", metadata,
+    Column("server", String, primary_key=True),
+    Column("project_id", Integer, primary_key=True),
+    Column("annotation_id", Integer, primary_key=True),
+    Column("task_id", Integer, nullable=False),
+    Column("image_id", String(64), nullable=False, index=True),
+    Column("annotator", String, nullable=False),
+    Column("created_at", String),
+    Column("updated_at", String),
+    Column("lead_time", Float),
+    Column("blur_type", String),
+    Column("rejected", String),  # the reject choice, or None
+    Column("mask_object", Text),  # normalised 8-bit PNG in the object store, 255 = blurred
+    Column("blur_degree", Float),
+    Column("problem", Text),  # why this annotation's mask was not used (size mismatch, empty…)
+    Column("snapshot", Text, nullable=False),  # the raw export file it was read from
+)
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -380,3 +420,84 @@ class Catalog:
             return [dict(r) for r in c.execute(
                 select(image_paths).where(image_paths.c.source == source)
                 .order_by(image_paths.c.rel_path)).mappings()]
+
+    # -- annotation --------------------------------------------------------------------------
+    def push_candidates(self, sources: Sequence[str], server: str, project_id: int) -> list[dict]:
+        """Images of ``sources`` that passed dedup (not excluded) and have no task in the project.
+
+        One row per image (the first path in source order); each with its size, object path and
+        ground-truth blur mask if any.
+        """
+        tasked = select(annotation_tasks.c.image_id).where(
+            annotation_tasks.c.server == server, annotation_tasks.c.project_id == project_id)
+        q = (select(image_paths.c.source, image_paths.c.rel_path, image_paths.c.image_id,
+                    image_paths.c.blur_type, images.c.width, images.c.height,
+                    images.c.object_path, images.c.exif_orientation)
+             .join(images, images.c.id == image_paths.c.image_id)
+             .where(image_paths.c.source.in_(list(sources)), image_paths.c.excluded.is_(None),
+                    image_paths.c.image_id.not_in(tasked))
+             .order_by(image_paths.c.source, image_paths.c.rel_path))
+        rank = {s: i for i, s in enumerate(sources)}
+        seen: set[str] = set()
+        out = []
+        with self.engine.connect() as c:
+            rows = sorted(c.execute(q).mappings(), key=lambda r: (rank[r["source"]], r["rel_path"]))
+            for r in rows:
+                if r["image_id"] in seen:
+                    continue
+                seen.add(r["image_id"])
+                gt = c.execute(select(masks.c.object_path).where(
+                    masks.c.image_id == r["image_id"], masks.c.kind == "blur",
+                    masks.c.origin == "ground-truth").order_by(masks.c.id)).first()
+                out.append(dict(r, gt_mask=gt[0] if gt else None))
+        return out
+
+    def record_tasks(self, rows: Sequence[dict]) -> None:
+        ts = now()
+        with self.engine.begin() as c:
+            for r in rows:
+                c.execute(self._insert_ignore(annotation_tasks).values(
+                    **r, status="pushed", pushed_at=ts, updated_at=ts))
+
+    def tasks(self, server: str, project_id: int) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(annotation_tasks).where(annotation_tasks.c.server == server,
+                                               annotation_tasks.c.project_id == project_id)
+                .order_by(annotation_tasks.c.task_id)).mappings()]
+
+    def task_projects(self) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(annotation_tasks.c.server, annotation_tasks.c.project,
+                       annotation_tasks.c.project_id).distinct()).mappings()]
+
+    def record_pull(self, server: str, project_id: int, task_updates: Sequence[dict],
+                    annotation_rows: Sequence[dict], mask_rows: Sequence[MaskRow],
+                    sources_of: dict[str, tuple[str, str]]) -> None:
+        """One transaction: annotation rows upserted, task status updated, current masks linked."""
+        ts = now()
+        with self.engine.begin() as c:
+            for a in annotation_rows:
+                values = dict(a, server=server, project_id=project_id)
+                c.execute(self._upsert(annotations, values,
+                                       ["server", "project_id", "annotation_id"],
+                                       [k for k in values if k not in
+                                        ("server", "project_id", "annotation_id")]))
+            for m in mask_rows:
+                src, _rel = sources_of[m.image_id]
+                c.execute(self._insert_ignore(masks).values(**asdict(m), source=src,
+                                                            created_at=ts))
+            for u in task_updates:
+                c.execute(update(annotation_tasks).where(
+                    annotation_tasks.c.server == server,
+                    annotation_tasks.c.project_id == project_id,
+                    annotation_tasks.c.task_id == u["task_id"])
+                    .values(**{k: v for k, v in u.items() if k != "task_id"}, updated_at=ts))
+
+    def annotations_of(self, server: str, project_id: int) -> list[dict]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(
+                select(annotations).where(annotations.c.server == server,
+                                          annotations.c.project_id == project_id)
+                .order_by(annotations.c.annotation_id)).mappings()]

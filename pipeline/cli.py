@@ -181,6 +181,127 @@ def demo(ctx: click.Context, demo_dir: str) -> None:
     run_demo(Path(demo_dir), c.ws)
 
 
+@cli.group()
+def labelstudio() -> None:
+    """Run a local Label Studio (own virtualenv, data in the workspace)."""
+
+
+def _server(c: Ctx):
+    from annotation.server import LocalServer
+    return LocalServer.for_workspace(c.ws.root)
+
+
+@labelstudio.command()
+@click.option("--timeout", default=240.0, show_default=True, help="Seconds to wait for it to answer.")
+@pass_ctx
+def up(c: Ctx, timeout: float) -> None:
+    """Start Label Studio at $LABEL_STUDIO_URL with $LABEL_STUDIO_API_KEY (harmless if running)."""
+    from annotation.server import ServerError
+    try:
+        st = _server(c).up(timeout=timeout, log=lambda m: click.echo(m, err=True))
+    except ServerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Label Studio is up at {st['url']} (data: {st['data_dir']}, log: {st['log']})")
+
+
+@labelstudio.command()
+@pass_ctx
+def down(c: Ctx) -> None:
+    """Stop the Label Studio this workspace started (nothing else)."""
+    stopped = _server(c).down()
+    click.echo("Label Studio stopped" if stopped else "no Label Studio started by this workspace is running")
+
+
+@labelstudio.command(name="status")
+@pass_ctx
+def ls_status(c: Ctx) -> None:
+    """Is it running, does it accept the token."""
+    st = _server(c).status()
+    for k, v in st.items():
+        click.echo(f"{k}: {v}")
+    if not st["answering"]:
+        sys.exit(1)
+
+
+@cli.group()
+def annotate() -> None:
+    """Send images to Label Studio and bring the painted masks back."""
+
+
+def _connect():
+    from annotation.client import LabelStudioError, connect
+    try:
+        return connect()
+    except LabelStudioError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _run_flow(fn, *args):
+    from annotation.client import LabelStudioError
+    from pipeline.labelling import NothingToPush
+    try:
+        return fn(*args)
+    except (LabelStudioError, NothingToPush) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@annotate.command()
+@click.option("--project", required=True, help="Label Studio project title (created if needed).")
+@click.option("--source", "sources", multiple=True,
+              help="Push only these sources (default: all but the dedup reference).")
+@click.option("--limit", type=int, help="Push at most this many new images.")
+@click.option("--batch-size", default=100, show_default=True, help="Tasks per import request.")
+@pass_ctx
+def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batch_size: int) -> None:
+    """Create tasks for the images that passed dedup (with pre-labels where a mask is known)."""
+    ws = c.ws
+    _connect().close()  # a clear error before any flow starts
+    from pipeline.flows import push_flow
+    r = _run_flow(push_flow, str(ws.root), project, list(sources) or None, limit, batch_size)
+    click.echo(f"{project}: {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels), "
+               f"{r['selected'] - r['pushed']} left, {r['reconciled']} reconciled from an earlier "
+               f"run. Open {r['url']}")
+    if r["duplicate_tasks_in_label_studio"]:
+        click.echo(f"warning: Label Studio holds duplicate tasks {r['duplicate_tasks_in_label_studio']} "
+                   "(created outside blurset?); the oldest task of each image is used", err=True)
+
+
+@annotate.command()
+@click.option("--project", required=True)
+@click.option("--export", "export_dir", type=click.Path(file_okay=False),
+              help="Also write every current mask as DIR/<source>/<source_path>.png.")
+@pass_ctx
+def pull(c: Ctx, project: str, export_dir: str | None) -> None:
+    """Export all annotations (snapshot kept), decode the masks, store them in the catalog."""
+    ws = c.ws
+    _connect().close()
+    from pipeline.flows import pull_flow
+    r = _run_flow(pull_flow, str(ws.root), project, export_dir)
+    click.echo(f"{project}: {r['tasks']} tasks, {r['annotated']} annotated, {r['rejected']} rejected, "
+               f"{r['pending']} pending; {r['masks_stored']} current masks stored; "
+               f"snapshot {r['snapshot']}" + (f"; {r['exported']} masks written to {export_dir}"
+                                              if export_dir else ""))
+    for p in r["problems"]:
+        click.echo(f"problem: {p}", err=True)
+
+
+@annotate.command(name="status")
+@click.option("--project", required=True)
+@pass_ctx
+def annotate_status(c: Ctx, project: str) -> None:
+    """Counts of pushed, annotated, rejected and pending tasks (as of the last pull)."""
+    from annotation.server import Connection
+    from pipeline.labelling import status as ann_status
+    catalog = c.ws.catalog()
+    server = Connection.from_env().url
+    rows = [t for t in catalog.task_projects() if t["project"] == project and t["server"] == server]
+    if not rows:
+        raise click.ClickException(f"no tasks of project {project!r} at {server} in the catalog; "
+                                   "run `blurset annotate push` first")
+    for k, v in ann_status(catalog, server, rows[0]["project_id"]).items():
+        click.echo(f"{k}: {v}")
+
+
 def main() -> None:
     cli(prog_name="blurset")
 

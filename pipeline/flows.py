@@ -122,3 +122,74 @@ def dedup_flow(workspace: str, reference: str, threshold: int | None = None,
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "source"
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a Label Studio task only when the server may come back (not on a refused token)."""
+    from annotation.client import AuthError
+    from pipeline.labelling import NothingToPush
+    try:
+        state.result()
+    except (AuthError, NothingToPush):
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return False
+
+
+@task(name="annotate-push", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=_transient)
+def push_task(workspace: str, project: str, sources: list[str] | None, limit: int | None,
+              batch_size: int, show_progress: bool) -> dict:
+    from dataclasses import asdict
+
+    from annotation.client import connect
+    from pipeline.labelling import push
+    ws = Workspace.open(workspace)
+    catalog, client = ws.catalog(), connect()
+    try:
+        with tqdm(desc=f"push {project}", unit="task", disable=not show_progress) as bar:
+            return asdict(push(catalog, client, ws, project, sources, limit, batch_size, bar.update))
+    finally:
+        client.close()
+        catalog.close()
+
+
+@flow(name="annotate-push")
+def push_flow(workspace: str, project: str, sources: list[str] | None = None,
+              limit: int | None = None, batch_size: int = 100, show_progress: bool = True) -> dict:
+    """Import a task (with a pre-label where a mask is known) for every image not yet pushed.
+
+    The retries are safe: a push reconciles with the project's tasks before importing.
+    """
+    report = push_task(workspace, project, sources, limit, batch_size, show_progress)
+    create_table_artifact(key=f"push-{_slug(project)}", table=[
+        {k: v for k, v in report.items() if not isinstance(v, list)}],
+        description=f"blurset annotate push to {report['url']}")
+    return report
+
+
+@task(name="annotate-pull", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=_transient)
+def pull_task(workspace: str, project: str, export_dir: str | None) -> dict:
+    from dataclasses import asdict
+
+    from annotation.client import connect
+    from pipeline.labelling import pull
+    ws = Workspace.open(workspace)
+    catalog, client = ws.catalog(), connect()
+    try:
+        return asdict(pull(catalog, client, ws, project, Path(export_dir) if export_dir else None))
+    finally:
+        client.close()
+        catalog.close()
+
+
+@flow(name="annotate-pull")
+def pull_flow(workspace: str, project: str, export_dir: str | None = None) -> dict:
+    """Export every annotation, keep the snapshot, store the masks and link them in the catalog."""
+    report = pull_task(workspace, project, export_dir)
+    create_table_artifact(key=f"pull-{_slug(project)}", table=[
+        {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}],
+        description=f"blurset annotate pull of {project}")
+    return report

@@ -100,3 +100,32 @@ def bad_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "bomb.png": "pixel limit", "corrupt.png": "corrupt",
     }
     return root, expected
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server, started once per session from the repo's own virtualenv.
+
+    Its local-files document root is the session's temp folder, so every test's workspace
+    (under tmp_path) can be served. Installs the server's virtualenv on first use (~1 min).
+    """
+    from annotation.server import Connection, LocalServer
+    base = tmp_path_factory.getbasetemp().resolve()
+    conn = Connection(f"http://127.0.0.1:{free_port()}", "blurset-test-token-4f1d2c9e8b7a6")
+    server = LocalServer(data_dir=base / "label-studio-data", document_root=base, conn=conn)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABEL_STUDIO_URL", conn.url)
+        mp.setenv("LABEL_STUDIO_API_KEY", conn.api_key)
+        mp.setenv("BLURSET_LABEL_STUDIO_DOCUMENT_ROOT", str(base))
+        server.up(timeout=400, log=lambda m: None)
+        try:
+            yield server
+        finally:
+            server.down()

@@ -1,0 +1,257 @@
+"""Talking to Label Studio through ``label-studio-sdk``: clear errors, retries, batched imports.
+
+Everything here speaks in plain values (image ids, URLs, brush results); the catalog lives in
+``pipeline/``. The SDK retries connection errors, 5xx, 408, 409 and 429 with exponential backoff;
+timeouts are retried here, except for imports, whose outcome is unknown after a timeout: the
+caller reconciles by listing the project's tasks (``tasks_by_image``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from annotation.config import LABEL_CONFIG
+from annotation.server import Connection
+
+T = TypeVar("T")
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio answered with an error, or not at all; the message says which and where."""
+
+
+class Unreachable(LabelStudioError):
+    pass
+
+
+class AuthError(LabelStudioError):
+    pass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to import: the image URL, its id and provenance, and an optional pre-label."""
+
+    image_id: str
+    url: str
+    source: str
+    source_path: str
+    prediction: dict | None = None  # {"model_version", "score", "result": [...]}
+
+    def payload(self) -> dict:
+        task: dict[str, Any] = {"data": {"image": self.url, "id": self.image_id,
+                                         "source": self.source, "source_path": self.source_path}}
+        if self.prediction:
+            task["predictions"] = [self.prediction]
+        return task
+
+
+def _translate(conn: Connection, what: str, exc: Exception) -> LabelStudioError:
+    if isinstance(exc, ApiError):
+        if exc.status_code in (401, 403):
+            return AuthError(f"Label Studio at {conn.url} refused the API key "
+                             f"(LABEL_STUDIO_API_KEY) while trying to {what}: HTTP {exc.status_code}")
+        body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)[:400]
+        return LabelStudioError(f"Label Studio at {conn.url} failed to {what}: "
+                                f"HTTP {exc.status_code}: {body}")
+    if isinstance(exc, httpx.HTTPStatusError):
+        if exc.response.status_code in (401, 403):
+            return AuthError(f"Label Studio at {conn.url} refused the API key "
+                             f"(LABEL_STUDIO_API_KEY) while trying to {what}")
+        return LabelStudioError(f"Label Studio at {conn.url} failed to {what}: "
+                                f"HTTP {exc.response.status_code}: {exc.response.text[:400]}")
+    return Unreachable(f"cannot reach Label Studio at {conn.url} to {what} "
+                       f"({type(exc).__name__}: {exc}); start it with `blurset labelstudio up` "
+                       "or set LABEL_STUDIO_URL")
+
+
+def _guarded(what: str, retry_timeouts: bool = True):
+    """Turn transport and API errors into LabelStudioError; retry timeouts with backoff."""
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def inner(self: Client, *args: Any, **kwargs: Any) -> T:
+            attempts = self.retries + 1 if retry_timeouts else 1
+            for attempt in range(attempts):
+                try:
+                    return fn(self, *args, **kwargs)
+                except httpx.TimeoutException as e:
+                    if attempt + 1 >= attempts:
+                        raise _translate(self.conn, what, e) from e
+                    time.sleep(min(8.0, 0.5 * 2 ** attempt))
+                except (ApiError, httpx.HTTPError, OSError) as e:
+                    raise _translate(self.conn, what, e) from e
+            raise AssertionError("unreachable")
+        return inner
+    return wrap
+
+
+class Client:
+    """A Label Studio server, reached with the SDK."""
+
+    def __init__(self, conn: Connection, timeout: float = 60.0, retries: int = 3):
+        self.conn = conn
+        self.retries = retries
+        self._sdk_http = httpx.Client(timeout=timeout, follow_redirects=True)
+        self.sdk = LabelStudio(base_url=conn.url, api_key=conn.api_key, timeout=timeout,
+                               httpx_client=self._sdk_http)
+        self._http = httpx.Client(base_url=conn.url, timeout=timeout,
+                                  headers={"Authorization": f"Token {conn.api_key}"})
+
+    def _opts(self) -> dict:
+        return {"max_retries": self.retries}
+
+    @_guarded("check the connection")
+    def whoami(self) -> str:
+        return self.sdk.users.whoami(request_options=self._opts()).email
+
+    @_guarded("find or create the project")
+    def project(self, title: str, create: bool = True) -> int | None:
+        for p in self.sdk.projects.list(title=title, request_options=self._opts()):
+            if p.title == title:
+                return p.id
+        if not create:
+            return None
+        return self.sdk.projects.create(title=title, label_config=LABEL_CONFIG,
+                                        description="blurset: paint the blurred regions",
+                                        request_options=self._opts()).id
+
+    @_guarded("connect the project to local files")
+    def ensure_local_storage(self, project_id: int, path: str) -> int:
+        """A local-files storage whose path is a prefix of every image's folder (needed to serve)."""
+        for s in self.sdk.import_storage.local.list(project=project_id, request_options=self._opts()):
+            if s.path == path:
+                return s.id
+        return self.sdk.import_storage.local.create(
+            project=project_id, path=path, use_blob_urls=False, title="blurset objects",
+            request_options=self._opts()).id
+
+    @_guarded("list the project's tasks")
+    def tasks_by_image(self, project_id: int) -> dict[str, list[int]]:
+        """image id (task data ``id``) → the ids of the tasks that hold it, oldest first."""
+        found: dict[str, list[int]] = defaultdict(list)
+        page = 1
+        while True:
+            r = self._http.get("/api/tasks", params={"project": project_id, "page": page,
+                                                     "page_size": 1000, "fields": "all"})
+            if r.status_code == 404:  # past the last page
+                break
+            r.raise_for_status()
+            body = r.json()
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            for t in tasks:
+                image_id = (t.get("data") or {}).get("id")
+                if image_id:
+                    found[image_id].append(t["id"])
+            if len(tasks) < 1000:
+                break
+            page += 1
+        return {k: sorted(v) for k, v in found.items()}
+
+    @_guarded("list annotated tasks")
+    def tasks_with_annotations(self, project_id: int) -> list[int]:
+        done = []
+        for t in parse_tasks(self.export.__wrapped__(self, project_id)):
+            if t["annotations"]:
+                done.append(t["id"])
+        return done
+
+    @_guarded("import tasks", retry_timeouts=False)
+    def import_tasks(self, project_id: int, specs: Sequence[TaskSpec]) -> list[int]:
+        """One request for the whole batch; returns the new task ids in the order given."""
+        r = self.sdk.projects.import_tasks(id=project_id, request=[s.payload() for s in specs],
+                                           return_task_ids=True, request_options=self._opts())
+        ids = list(r.task_ids or [])
+        if len(ids) != len(specs):
+            raise LabelStudioError(f"Label Studio at {self.conn.url} created {len(ids)} tasks for "
+                                   f"{len(specs)} sent; run the push again to reconcile")
+        return ids
+
+    @_guarded("import one task", retry_timeouts=False)
+    def import_one(self, project_id: int, spec: TaskSpec) -> int:
+        """One request per task (the slow way, kept for the push benchmark)."""
+        return self.import_tasks.__wrapped__(self, project_id, [spec])[0]
+
+    @_guarded("export the annotations")
+    def export(self, project_id: int) -> bytes:
+        """The raw JSON export of every task, annotated or not (Label Studio's own format)."""
+        r = self._http.get(f"/api/projects/{project_id}/export",
+                           params={"exportType": "JSON", "download_all_tasks": "true"})
+        r.raise_for_status()
+        json.loads(r.content)  # a truncated answer must not become a snapshot
+        return r.content
+
+    @_guarded("list users")
+    def users(self) -> dict[int, str]:
+        return {u.id: u.email or u.username for u in self.sdk.users.list(request_options=self._opts())}
+
+    @_guarded("create a user")
+    def ensure_user(self, email: str, first_name: str = "", last_name: str = "") -> int:
+        for uid, mail in self.users.__wrapped__(self).items():
+            if mail == email:
+                return uid
+        return self.sdk.users.create(username=email.split("@")[0], email=email,
+                                     first_name=first_name, last_name=last_name,
+                                     request_options=self._opts()).id
+
+    @_guarded("submit an annotation")
+    def annotate(self, task_id: int, result: list[dict], completed_by: int,
+                 lead_time: float | None = None) -> int:
+        kw: dict[str, Any] = {"result": result, "completed_by": completed_by}
+        if lead_time is not None:
+            kw["lead_time"] = lead_time
+        return self.sdk.annotations.create(id=task_id, request_options=self._opts(), **kw).id
+
+    @_guarded("delete a task")
+    def delete_task(self, task_id: int) -> None:
+        self.sdk.tasks.delete(id=task_id, request_options=self._opts())
+
+    @_guarded("count the project's tasks")
+    def project_counts(self, project_id: int) -> dict:
+        p = self.sdk.projects.get(id=project_id, request_options=self._opts())
+        return {"tasks": p.task_number, "annotated": p.num_tasks_with_annotations,
+                "annotations": p.total_annotations_number}
+
+    @_guarded("list a task's predictions")
+    def predictions(self, task_id: int) -> list[dict]:
+        return [p.model_dump() for p in self.sdk.predictions.list(task=task_id,
+                                                                   request_options=self._opts())]
+
+    def close(self) -> None:
+        self._http.close()
+        self._sdk_http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_tasks(raw: bytes) -> list[dict]:
+    return json.loads(raw)
+
+
+def connect(conn: Connection | None = None, **kw: Any) -> Client:
+    """A client whose connection and token were checked; raises Unreachable or AuthError."""
+    client = Client(conn or Connection.from_env(), **kw)
+    try:
+        client.whoami()
+    except LabelStudioError:
+        client.close()
+        raise
+    return client
+
+
+def local_file_url(document_root_relpath: str) -> str:
+    """The URL Label Studio serves a file under its LOCAL_FILES_DOCUMENT_ROOT at."""
+    return f"/data/local-files/?d={document_root_relpath}"

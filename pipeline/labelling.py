@@ -1,0 +1,288 @@
+"""Annotation stages: push images that passed dedup to Label Studio, pull the masks people painted.
+
+Plain functions over the catalog and an ``annotation.client.Client``; ``pipeline.flows`` wraps
+them. The catalog keeps every task id, and a push first reconciles with the project's tasks in
+Label Studio, so a repeated push never creates a duplicate task, also after a crash halfway. Every
+pull keeps the raw export as a snapshot in the workspace, so annotations survive the loss of
+Label Studio's own database.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from annotation import rle
+from annotation.client import Client, TaskSpec, local_file_url
+from annotation.config import brush_result
+from annotation.export import MaskProblem, mean_pairwise_iou, parse_export
+from annotation.server import document_root
+from pipeline.catalog import Catalog, MaskRow
+from pipeline.ingest import encode_png
+from pipeline.store import sha256_hex
+from pipeline.workspace import Workspace
+
+Progress = Callable[[int], None]
+
+
+class NothingToPush(ValueError):
+    """No dedup run yet, or no source to push from."""
+
+
+@dataclass
+class PushReport:
+    project: str
+    project_id: int
+    url: str
+    selected: int = 0
+    pushed: int = 0
+    with_prelabel: int = 0
+    reconciled: int = 0
+    duplicate_tasks_in_label_studio: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PullReport:
+    project: str
+    project_id: int
+    snapshot: str
+    tasks: int = 0
+    annotated: int = 0
+    rejected: int = 0
+    pending: int = 0
+    masks_stored: int = 0
+    exported: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def default_push_sources(catalog: Catalog) -> list[str]:
+    """Every source except the reference of the last dedup run (candidates must pass dedup)."""
+    run = catalog.last_dedup_run()
+    if run is None:
+        raise NothingToPush("no dedup run yet: run `blurset dedup --reference NAME` first, so that "
+                            "only images that passed dedup go to the annotators")
+    return [s["name"] for s in catalog.list_sources() if s["name"] != run["reference"]]
+
+
+def prelabel_from_mask(mask: np.ndarray, model_version: str, score: float) -> dict:
+    """A Label Studio prediction holding a known blur mask as brush RLE."""
+    h, w = mask.shape
+    return {"model_version": model_version, "score": float(score),
+            "result": [brush_result(rle.encode(mask), w, h)]}
+
+
+def _object_url(ws: Workspace, object_path: str) -> str:
+    """Local-files URL of an object: its path relative to Label Studio's document root."""
+    root = document_root(ws.root)
+    try:
+        rel = (ws.objects.root / object_path).resolve().relative_to(root)
+    except ValueError:
+        raise NothingToPush(f"the object store {ws.objects.root} is not under Label Studio's "
+                            f"local-files document root {root}; set "
+                            "BLURSET_LABEL_STUDIO_DOCUMENT_ROOT to a folder above it") from None
+    return local_file_url(rel.as_posix())
+
+
+def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
+         sources: Sequence[str] | None = None, limit: int | None = None, batch_size: int = 100,
+         progress: Progress | None = None) -> PushReport:
+    """Create the project if needed and import a task for every image not yet in it."""
+    sources = list(sources) if sources else default_push_sources(catalog)
+    project_id = client.project(project)
+    assert project_id is not None
+    client.ensure_local_storage(project_id, str(ws.objects.root))
+    server = client.conn.url
+    report = PushReport(project, project_id, f"{server}/projects/{project_id}/data")
+
+    # Reconcile: tasks that exist in Label Studio but not in the catalog (a crash after import).
+    in_ls = client.tasks_by_image(project_id)
+    known = {t["image_id"] for t in catalog.tasks(server, project_id)}
+    lost = [(image_id, ids) for image_id, ids in in_ls.items() if image_id not in known]
+    if lost:
+        paths = {r["image_id"]: r for r in catalog.push_candidates(
+            [s["name"] for s in catalog.list_sources()], server, project_id)}
+        rows = [_task_row(server, project, project_id, ids[0], paths[i], None)
+                for i, ids in lost if i in paths]
+        catalog.record_tasks(rows)
+        report.reconciled = len(rows)
+    report.duplicate_tasks_in_label_studio = sorted(
+        t for ids in in_ls.values() for t in ids[1:])
+
+    todo = catalog.push_candidates(sources, server, project_id)
+    if limit is not None:
+        todo = todo[:limit]
+    report.selected = len(todo)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        specs, prelabels = [], []
+        for r in batch:
+            pred = None
+            if r["gt_mask"]:
+                with Image.open(ws.objects.root / r["gt_mask"]) as m:
+                    pred = prelabel_from_mask(np.asarray(m.convert("L")),
+                                              f"ground-truth:{r['source']}", 1.0)
+            prelabels.append(pred["model_version"] if pred else None)
+            specs.append(TaskSpec(r["image_id"], _object_url(ws, r["object_path"]), r["source"],
+                                  r["rel_path"], pred))
+        ids = client.import_tasks(project_id, specs)
+        catalog.record_tasks([_task_row(server, project, project_id, tid, r, p)
+                              for tid, r, p in zip(ids, batch, prelabels, strict=True)])
+        report.pushed += len(ids)
+        report.with_prelabel += sum(p is not None for p in prelabels)
+        if progress:
+            progress(len(batch))
+    return report
+
+
+def _task_row(server: str, project: str, project_id: int, task_id: int, r: dict,
+              prelabel: str | None) -> dict:
+    return {"server": server, "project": project, "project_id": project_id, "task_id": task_id,
+            "image_id": r["image_id"], "source": r["source"], "rel_path": r["rel_path"],
+            "prelabel": prelabel}
+
+
+def write_snapshot(ws: Workspace, project: str, raw: bytes) -> Path:
+    """Keep a raw export forever: ``annotations/<project>/export-<UTC time>-<sha8>.json``."""
+    folder = ws.root / "annotations" / _slug(project)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = folder / f"export-{stamp}-{sha256_hex(raw)[:8]}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, target)
+    return target
+
+
+def pull(catalog: Catalog, client: Client, ws: Workspace, project: str,
+         export_dir: Path | None = None) -> PullReport:
+    """Export, snapshot, decode and store every annotation; the most recent submitted one wins."""
+    project_id = client.project(project, create=False)
+    if project_id is None:
+        raise NothingToPush(f"no project {project!r} in Label Studio at {client.conn.url}; "
+                            "run `blurset annotate push` first")
+    server = client.conn.url
+    raw = client.export(project_id)
+    snapshot = write_snapshot(ws, project, raw)
+    report = PullReport(project, project_id, str(snapshot))
+    users = client.users()
+    exported = {t.id: t for t in parse_export(raw)}
+    known = {t["task_id"]: t for t in catalog.tasks(server, project_id)}
+    report.tasks = len(known)
+
+    task_updates, ann_rows, mask_rows = [], [], []
+    sources_of: dict[str, tuple[str, str]] = {}
+    for task_id, t in known.items():
+        sources_of[t["image_id"]] = (t["source"], t["rel_path"])
+        ex = exported.get(task_id)
+        if ex is None:
+            if t["status"] != "deleted":
+                report.problems.append(f"task {task_id} ({t['source']}/{t['rel_path']}) was deleted "
+                                       "in Label Studio; its earlier annotations stay in the catalog")
+                task_updates.append({"task_id": task_id, "status": "deleted"})
+            continue
+        img = catalog.image(t["image_id"])
+        subs = ex.submitted()
+        if not subs:
+            report.pending += 1
+            continue
+        latest_by_user: dict[str, np.ndarray] = {}
+        current = None
+        for a in subs:
+            annotator = users.get(a.completed_by, str(a.completed_by))
+            row = {"annotation_id": a.id, "task_id": task_id, "image_id": t["image_id"],
+                   "annotator": annotator, "created_at": a.created_at, "updated_at": a.updated_at,
+                   "lead_time": a.lead_time, "blur_type": a.blur_type, "rejected": a.reject,
+                   "mask_object": None, "blur_degree": None, "problem": None,
+                   "snapshot": snapshot.name}
+            mask = None
+            if a.reject is None:
+                try:
+                    mask = a.mask(img["height"], img["width"])
+                except MaskProblem as e:
+                    row["problem"] = str(e)
+                    report.problems.append(f"task {task_id} ({t['source']}/{t['rel_path']}), "
+                                           f"annotation {a.id} by {annotator}: {e}")
+            if mask is not None:
+                png = encode_png(mask)
+                row["mask_object"] = ws.objects.put(png, ".png")
+                row["blur_degree"] = float(mask.mean() / 255.0)
+                latest_by_user[annotator] = mask
+            ann_rows.append(row)
+            current = (a, row, mask)
+        a, row, mask = current  # the most recent submitted annotation wins
+        annotators = sorted({r["annotator"] for r in ann_rows if r["task_id"] == task_id})
+        update = {"task_id": task_id, "current_annotation_id": a.id, "blur_type": a.blur_type,
+                  "annotators": json.dumps(annotators),
+                  "agreement_iou": mean_pairwise_iou(list(latest_by_user.values()))}
+        if a.reject is not None:
+            update["status"] = "rejected"
+            report.rejected += 1
+        elif mask is not None:
+            update["status"] = "annotated"
+            report.annotated += 1
+            mask_rows.append(MaskRow(
+                image_id=t["image_id"], rel_path=t["rel_path"], kind="blur",
+                origin=f"annotation:{project}#{a.id}", object_path=row["mask_object"],
+                original_id=sha256_hex(ws.objects.read(row["mask_object"])), inverted=False,
+                blur_degree=row["blur_degree"]))
+        else:
+            update["status"] = "pushed"  # the latest annotation is unusable: still to do
+            report.pending += 1
+        task_updates.append(update)
+    catalog.record_pull(server, project_id, task_updates, ann_rows, mask_rows, sources_of)
+    report.masks_stored = len(mask_rows)
+    if export_dir is not None:
+        report.exported = export_masks(catalog, ws, server, project_id, export_dir)
+    return report
+
+
+def export_masks(catalog: Catalog, ws: Workspace, server: str, project_id: int, out: Path) -> int:
+    """Every current mask as ``out/<source>/<source_path with .png>``, 8-bit, 255 = blurred."""
+    anns = {a["annotation_id"]: a for a in catalog.annotations_of(server, project_id)}
+    n = 0
+    for t in catalog.tasks(server, project_id):
+        a = anns.get(t["current_annotation_id"])
+        if t["status"] != "annotated" or not a or not a["mask_object"]:
+            continue
+        target = out / t["source"] / Path(t["rel_path"]).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = ws.objects.read(a["mask_object"])
+        if not target.exists() or target.read_bytes() != data:
+            target.write_bytes(data)
+        n += 1
+    return n
+
+
+def status(catalog: Catalog, server: str, project_id: int) -> dict:
+    tasks = catalog.tasks(server, project_id)
+    counts = {"pushed": len(tasks), "annotated": 0, "rejected": 0, "pending": 0, "deleted": 0,
+              "with_prelabel": sum(1 for t in tasks if t["prelabel"])}
+    for t in tasks:
+        key = t["status"] if t["status"] in ("annotated", "rejected", "deleted") else "pending"
+        counts[key] += 1
+    agreements = [t["agreement_iou"] for t in tasks if t["agreement_iou"] is not None]
+    counts["multi_annotated"] = len(agreements)
+    counts["mean_agreement_iou"] = round(float(np.mean(agreements)), 4) if agreements else None
+    return counts
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"))
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "project"

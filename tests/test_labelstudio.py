@@ -1,0 +1,191 @@
+"""Annotation against a real Label Studio server (started once per session, see conftest)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import free_port, jpeg_bytes, photo, png_bytes
+from PIL import Image
+
+from annotation import rle
+from annotation.client import AuthError, Client, Unreachable, connect
+from annotation.config import BLUR_TYPE, REJECT, brush_result, choice_result
+from annotation.server import Connection
+from pipeline.catalog import Catalog
+from pipeline.cli import cli
+from pipeline.findings import run_dedup
+from pipeline.ingest import ingest_batch
+from pipeline.labelling import pull, push, status
+from pipeline.sources import scan_source
+from pipeline.workspace import Workspace
+
+
+def ingest(ws: Workspace, kind: str, name: str, root: Path) -> None:
+    catalog = ws.catalog()
+    catalog.register_source(name, kind, str(root))
+    res = ingest_batch(root, scan_source(kind, root).items, ws.objects.root, ws.quarantine_store.root)
+    catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
+
+
+def small_workspace(tmp_path: Path) -> tuple[Workspace, dict[str, np.ndarray]]:
+    """A CUHK-style reference (2 images with GT) and 4 distinct candidates, deduped."""
+    cuhk = tmp_path / "cuhk"
+    (cuhk / "image").mkdir(parents=True)
+    (cuhk / "gt").mkdir()
+    gts = {}
+    for i, stem in enumerate(["motion0001", "out_of_focus0002"]):
+        (cuhk / "image" / f"{stem}.jpg").write_bytes(jpeg_bytes(photo(i, (320, 240))))
+        m = np.zeros((240, 320), np.uint8)
+        m[20 + 30 * i:150, 40:260 - 20 * i] = 255
+        (cuhk / "gt" / f"{stem}.png").write_bytes(png_bytes(Image.fromarray(m)))
+        gts[f"image/{stem}.jpg"] = m
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    for i in range(4):
+        (cand / f"c{i}.jpg").write_bytes(jpeg_bytes(photo(2 + i, (300, 200))))
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, "cuhk", "cuhk", cuhk)
+    ingest(ws, "folder", "cand", cand)
+    catalog = ws.catalog()
+    out = run_dedup(catalog, "cuhk")
+    catalog.replace_findings("cuhk", None, {}, out.summary, out.findings, out.exclusions)
+    return ws, gts
+
+
+def export_json(client: Client, project_id: int) -> list[dict]:
+    return json.loads(client.export(project_id))
+
+
+def blob(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
+def test_push_is_idempotent_and_prelabels_round_trip(label_studio, tmp_path, request):
+    ws, gts = small_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    r = push(catalog, client, ws, "blur idempotent")
+    assert (r.pushed, r.with_prelabel) == (4, 0)
+    again = push(catalog, client, ws, "blur idempotent")
+    assert again.pushed == 0 and again.selected == 0
+    assert sum(len(v) for v in client.tasks_by_image(r.project_id).values()) == 4
+
+    ref = push(catalog, client, ws, "blur idempotent", sources=["cuhk"])
+    assert (ref.pushed, ref.with_prelabel) == (2, 2)
+    tasks = {t["data"]["source_path"]: t for t in export_json(client, r.project_id)}
+    assert len(tasks) == 6
+    for rel, gt in gts.items():
+        t = tasks[rel]
+        assert t["data"]["source"] == "cuhk" and len(t["data"]["id"]) == 64
+        (pred,) = client.predictions(t["id"])
+        assert pred["model_version"] == "ground-truth:cuhk"
+        (res,) = pred["result"]
+        got = rle.decode(res["value"]["rle"], res["original_height"], res["original_width"])
+        np.testing.assert_array_equal(got, gt)
+    # the image is served by Label Studio from the object store, named as what it is
+    import httpx
+    url = tasks["c0.jpg"]["data"]["image"]
+    resp = httpx.get(label_studio.conn.url + url,
+                     headers={"Authorization": f"Token {label_studio.conn.api_key}"})
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+    assert resp.content == (tmp_path / "cand" / "c0.jpg").read_bytes()
+
+
+def test_a_push_that_crashed_after_import_is_reconciled(label_studio, tmp_path, request, monkeypatch):
+    ws, _ = small_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    real = Catalog.record_tasks
+
+    def crash(self, rows):
+        raise RuntimeError("killed between import and catalog write")
+
+    monkeypatch.setattr(Catalog, "record_tasks", crash)
+    with pytest.raises(RuntimeError):
+        push(catalog, client, ws, "blur crash", batch_size=2)
+    monkeypatch.setattr(Catalog, "record_tasks", real)
+    r = push(catalog, client, ws, "blur crash", batch_size=2)
+    assert r.reconciled == 2 and r.pushed == 2
+    by_image = client.tasks_by_image(r.project_id)
+    assert len(by_image) == 4 and all(len(ids) == 1 for ids in by_image.values())
+    assert len(catalog.tasks(client.conn.url, r.project_id)) == 4
+
+
+def test_pull_annotators_rejection_faults_and_export(label_studio, tmp_path, request):
+    ws, _ = small_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    r = push(catalog, client, ws, "blur pull")
+    tasks = {t["rel_path"]: t for t in catalog.tasks(client.conn.url, r.project_id)}
+    u1 = client.ensure_user("person-one@blurset.local")
+    u2 = client.ensure_user("person-two@blurset.local")
+    h, w = 200, 300
+    m1, m2 = blob(h, w, 10, 120, 20, 200), blob(h, w, 15, 125, 25, 210)
+    a = tasks["c0.jpg"]["task_id"]
+    client.annotate(a, [brush_result(rle.encode(m1), w, h), choice_result(BLUR_TYPE, "defocus")], u1)
+    client.annotate(a, [brush_result(rle.encode(m2), w, h), choice_result(BLUR_TYPE, "motion")], u2)
+    client.annotate(tasks["c1.jpg"]["task_id"], [choice_result(REJECT, "unusable")], u1)
+    client.annotate(tasks["c2.jpg"]["task_id"], [brush_result(rle.encode(blob(100, 150, 0, 50, 0, 50)), 150, 100)], u1)
+    client.delete_task(tasks["c3.jpg"]["task_id"])
+
+    out = tmp_path / "masks"
+    rep = pull(catalog, client, ws, "blur pull", export_dir=out)
+    assert (rep.annotated, rep.rejected, rep.pending) == (1, 1, 1)
+    assert any("c2.jpg" in p and "mask size 150×100 differs" in p for p in rep.problems)
+    assert any("c3.jpg" in p and "deleted" in p for p in rep.problems)
+    assert Path(rep.snapshot).is_file() and json.loads(Path(rep.snapshot).read_text())
+
+    after = {t["rel_path"]: t for t in catalog.tasks(client.conn.url, r.project_id)}
+    t0 = after["c0.jpg"]
+    assert t0["status"] == "annotated" and t0["blur_type"] == "motion"  # most recent wins
+    assert json.loads(t0["annotators"]) == ["person-one@blurset.local", "person-two@blurset.local"]
+    inter = np.logical_and(m1 > 0, m2 > 0).sum()
+    union = np.logical_or(m1 > 0, m2 > 0).sum()
+    assert t0["agreement_iou"] == pytest.approx(inter / union)
+    assert after["c1.jpg"]["status"] == "rejected"
+    assert after["c3.jpg"]["status"] == "deleted"
+    exported = np.asarray(Image.open(out / "cand" / "c0.png"))
+    np.testing.assert_array_equal(exported, m2)
+    assert sorted(p.name for p in (out / "cand").iterdir()) == ["c0.png"]
+
+    st = status(catalog, client.conn.url, r.project_id)
+    assert st["pushed"] == 4 and st["annotated"] == 1 and st["rejected"] == 1 and st["deleted"] == 1
+
+    # a second pull changes nothing but adds a snapshot; earlier snapshots are kept
+    rep2 = pull(catalog, client, ws, "blur pull")
+    assert rep2.snapshot != rep.snapshot and Path(rep.snapshot).exists()
+    assert (rep2.annotated, rep2.rejected) == (1, 1)
+
+
+def test_server_down_and_wrong_token_are_clear_errors(label_studio, tmp_path):
+    down = Connection(f"http://127.0.0.1:{free_port()}", "x")
+    with pytest.raises(Unreachable, match=f"cannot reach Label Studio at {down.url}"):
+        connect(down, retries=0)
+    with pytest.raises(AuthError, match="refused the API key"):
+        connect(Connection(label_studio.conn.url, "not-the-token"))
+
+
+def test_cli_push_pull_status_and_server_down(label_studio, prefect_harness, tmp_path, monkeypatch):
+    ws, _ = small_workspace(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "push", "--project", "blur cli"])
+    assert r.exit_code == 0, r.output
+    assert "4 tasks pushed now" in r.output
+    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "pull", "--project", "blur cli"])
+    assert r.exit_code == 0 and "4 tasks, 0 annotated, 0 rejected, 4 pending" in r.output, r.output
+    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "status", "--project", "blur cli"])
+    assert r.exit_code == 0 and "pushed: 4" in r.output
+
+    before = ws.catalog().counts()
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("LABEL_STUDIO_URL", url)
+    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "push", "--project", "blur cli"])
+    assert r.exit_code == 1 and f"cannot reach Label Studio at {url}" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert ws.catalog().counts() == before
