@@ -171,14 +171,20 @@ def sample(dest: str, size: str, seed: int) -> None:
 @cli.command()
 @click.option("--dir", "demo_dir", default="demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo's sample and workspace.")
+@click.option("--no-annotate", is_flag=True, help="Stop after dedup (no Label Studio).")
 @click.pass_context
-def demo(ctx: click.Context, demo_dir: str) -> None:
-    """Run the whole pipeline on the bundled sample: sample → ingest → dedup → report."""
+def demo(ctx: click.Context, demo_dir: str, no_annotate: bool) -> None:
+    """The pipeline on the bundled sample: sample → ingest → dedup → Label Studio → pull."""
+    from annotation.client import LabelStudioError
+    from annotation.server import ServerError
     from pipeline.demo import run_demo
     c: Ctx = ctx.obj
     if c._workspace_arg is None:
         c._workspace_arg = str(Path(demo_dir) / "workspace")
-    run_demo(Path(demo_dir), c.ws)
+    try:
+        run_demo(Path(demo_dir), c.ws, annotate=not no_annotate)
+    except (ServerError, LabelStudioError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 @cli.group()
@@ -251,13 +257,17 @@ def _run_flow(fn, *args):
               help="Push only these sources (default: all but the dedup reference).")
 @click.option("--limit", type=int, help="Push at most this many new images.")
 @click.option("--batch-size", default=100, show_default=True, help="Tasks per import request.")
+@click.option("--prelabel", type=click.Choice(["laplacian", "lbp"]),
+              help="Pre-label images with no known mask with this handcrafted blur map.")
 @pass_ctx
-def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batch_size: int) -> None:
+def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batch_size: int,
+         prelabel: str | None) -> None:
     """Create tasks for the images that passed dedup (with pre-labels where a mask is known)."""
     ws = c.ws
     _connect().close()  # a clear error before any flow starts
     from pipeline.flows import push_flow
-    r = _run_flow(push_flow, str(ws.root), project, list(sources) or None, limit, batch_size)
+    r = _run_flow(push_flow, str(ws.root), project, list(sources) or None, limit, batch_size,
+                  True, prelabel)
     click.echo(f"{project}: {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels), "
                f"{r['selected'] - r['pushed']} left, {r['reconciled']} reconciled from an earlier "
                f"run. Open {r['url']}")

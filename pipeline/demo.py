@@ -37,23 +37,24 @@ def score_against_truth(truth: dict, found: list[dict]) -> dict:
             "found_pairs": len(got), "false": false}
 
 
-def run_demo(demo_dir: Path, ws: Workspace) -> dict:
+def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     from pipeline.findings import contact_sheet
     from pipeline.flows import dedup_flow, ingest_flow
     from pipeline.sample import write_sample
 
+    steps = 7 if annotate else 4
     sample_dir = demo_dir / "sample"
     if not (sample_dir / "truth.json").exists():
-        click.echo(f"[1/4] writing the bundled sample to {sample_dir}")
+        click.echo(f"[1/{steps}] writing the bundled sample to {sample_dir}")
         write_sample(sample_dir, size="demo")
     else:
-        click.echo(f"[1/4] reusing the sample in {sample_dir}")
-    click.echo("[2/4] ingesting four sources (Prefect flow 'ingest', one task per batch)")
+        click.echo(f"[1/{steps}] reusing the sample in {sample_dir}")
+    click.echo(f"[2/{steps}] ingesting four sources (Prefect flow 'ingest', one task per batch)")
     for kind, name in SAMPLE_SOURCES:
         s = ingest_flow(str(ws.root), kind, name, str(sample_dir / name))
         click.echo(f"      {name:<10} {s['found']:>3} images, {s['ingested']:>3} ingested now, "
                    f"{s['quarantined_total']} in quarantine")
-    click.echo("[3/4] dedup against the CUHK-style reference (Prefect flow 'dedup')")
+    click.echo(f"[3/{steps}] dedup against the CUHK-style reference (Prefect flow 'dedup')")
     s = dedup_flow(str(ws.root), "cuhk")
     catalog = ws.catalog()
     found = catalog.findings("duplicate")
@@ -70,12 +71,53 @@ def run_demo(demo_dir: Path, ws: Workspace) -> dict:
         click.echo(f"      missed: {m}")
     for f in score["false"]:
         click.echo(f"      false pair: {f}")
-    click.echo("[4/4] where to look")
+    click.echo(f"[4/{steps}] where to look")
     click.echo(f"      quarantine ({len(catalog.quarantined())} files):")
     for q in catalog.quarantined():
         click.echo(f"        {q['source']}/{q['rel_path']}: {q['reason']}")
     click.echo(f"      duplicate pairs: blurset -w {ws.root} dups --format csv")
     click.echo(f"      contact sheet:   {sheet.resolve()}")
     click.echo(f"      catalog:         {ws.catalog_url}")
+    result = {"dedup": s, "truth": score, "sheet": str(sheet)}
+    if annotate:
+        result["annotation"] = _annotate(demo_dir, ws, catalog, sample_dir, steps)
     catalog.close()
-    return {"dedup": s, "truth": score, "sheet": str(sheet)}
+    return result
+
+
+DEMO_PROJECT = "blurset demo"
+
+
+def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: int) -> dict:
+    from annotation.client import connect
+    from annotation.server import LocalServer
+    from pipeline.flows import pull_flow, push_flow
+    from pipeline.labelling import status
+    from pipeline.simulate import simulate
+
+    server = LocalServer.for_workspace(ws.root)
+    click.echo(f"[5/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
+               f"{server.data_dir})")
+    server.up(log=lambda m: click.echo(f"      {m}"))
+    click.echo(f"[6/{steps}] pushing the images that passed dedup, pre-labelled by the Laplacian "
+               "blur map (Prefect flow 'annotate-push')")
+    r = push_flow(str(ws.root), DEMO_PROJECT, prelabel="laplacian")
+    click.echo(f"      {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels)")
+    with connect(server.conn) as client:
+        sim = simulate(catalog, client, r["project_id"], sample_dir)
+    click.echo(f"      SIMULATED annotator (not a person: the sample's hidden truth, perturbed) "
+               f"submitted {sim.annotations} annotations ({sim.rejected} rejections, "
+               f"{sim.second_opinions} second opinions)")
+    click.echo(f"[7/{steps}] pulling the annotations back (Prefect flow 'annotate-pull')")
+    p = pull_flow(str(ws.root), DEMO_PROJECT, str(demo_dir / "masks"))
+    st = status(catalog, server.conn.url, r["project_id"])
+    click.echo(f"      {st['pushed']} tasks: {st['annotated']} annotated, {st['rejected']} rejected, "
+               f"{st['pending']} pending; mean agreement (IoU) of double-annotated tasks: "
+               f"{st['mean_agreement_iou']}")
+    for prob in p["problems"]:
+        click.echo(f"      problem: {prob}")
+    click.echo(f"      masks:    {(demo_dir / 'masks').resolve()}  (255 = blurred)")
+    click.echo(f"      snapshot: {p['snapshot']}")
+    click.echo(f"      project:  {r['url']}  (user {server.username}, password {server.password})")
+    click.echo(f"      stop Label Studio with: blurset -w {ws.root} labelstudio down")
+    return {"push": r, "pull": p, "status": st}

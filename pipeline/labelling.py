@@ -92,10 +92,37 @@ def _object_url(ws: Workspace, object_path: str) -> str:
     return local_file_url(rel.as_posix())
 
 
+PRELABELLERS = ("laplacian", "lbp")
+
+
+def handcrafted_prelabel(name: str, image_path: Path) -> dict:
+    """A pre-label from a handcrafted blur map (model/baselines.py), thresholded (Otsu).
+
+    The score is the mean distance of the map from its threshold: near 0 when the map cannot
+    tell blurred from sharp, near 1 when it separates them cleanly.
+    """
+    from PIL import ImageOps
+
+    from model import baselines
+    fn = {"laplacian": baselines.laplacian_blur_map, "lbp": baselines.lbp_blur_map}[name]
+    with Image.open(image_path) as im:
+        gray = np.asarray(ImageOps.exif_transpose(im).convert("L"))
+    blur_map = fn(gray)
+    mask = baselines.blur_mask_from_map(blur_map)
+    score = float(np.clip(2 * np.abs(blur_map - blur_map.mean()).mean(), 0, 1))
+    return prelabel_from_mask(mask, f"{name}-blur-map@blurset", score)
+
+
 def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
          sources: Sequence[str] | None = None, limit: int | None = None, batch_size: int = 100,
-         progress: Progress | None = None) -> PushReport:
-    """Create the project if needed and import a task for every image not yet in it."""
+         progress: Progress | None = None, prelabel: str | None = None) -> PushReport:
+    """Create the project if needed and import a task for every image not yet in it.
+
+    Pre-labels: a known blur mask (ground truth of the source) always; otherwise, with
+    ``prelabel`` set to a handcrafted blur map's name, that map thresholded.
+    """
+    if prelabel is not None and prelabel not in PRELABELLERS:
+        raise NothingToPush(f"unknown pre-labeller {prelabel!r}; choose one of {', '.join(PRELABELLERS)}")
     sources = list(sources) if sources else default_push_sources(catalog)
     project_id = client.project(project)
     assert project_id is not None
@@ -130,6 +157,8 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
                 with Image.open(ws.objects.root / r["gt_mask"]) as m:
                     pred = prelabel_from_mask(np.asarray(m.convert("L")),
                                               f"ground-truth:{r['source']}", 1.0)
+            elif prelabel:
+                pred = handcrafted_prelabel(prelabel, ws.objects.root / r["object_path"])
             prelabels.append(pred["model_version"] if pred else None)
             specs.append(TaskSpec(r["image_id"], _object_url(ws, r["object_path"]), r["source"],
                                   r["rel_path"], pred))
