@@ -99,9 +99,9 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     click.echo(f"[5/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
                f"{server.data_dir})")
     server.up(log=lambda m: click.echo(f"      {m}"))
-    click.echo(f"[6/{steps}] pushing the images that passed dedup, pre-labelled by the Laplacian "
+    click.echo(f"[6/{steps}] pushing the images that passed dedup, pre-labelled by the LBP "
                "blur map (Prefect flow 'annotate-push')")
-    r = push_flow(str(ws.root), DEMO_PROJECT, prelabel="laplacian")
+    r = push_flow(str(ws.root), DEMO_PROJECT, prelabel="lbp")
     click.echo(f"      {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels)")
     with connect(server.conn) as client:
         sim = simulate(catalog, client, r["project_id"], sample_dir)

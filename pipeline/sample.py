@@ -7,10 +7,17 @@ shapes bundled in ``pipeline/sample_data/cuhk_masks``, without any download::
     dest/msra10k/MSRA10K_Imgs_GT/Imgs/<id>.jpg + <id>.png (saliency mask)
     dest/dut-omron/DUT-OMRON-image/*.jpg (+ pixelwiseGT-new-PNG/*.png for some)
     dest/extra/…                     odd-but-valid images for a ``folder`` source
+    dest/hidden_masks/<source>/<rel>.png  true blur masks of the distinct candidates (no source)
     dest/truth.json                  what a correct ingest + dedup must find
 
+The distinct candidate photos of msra10k and dut-omron are blur composites made exactly like the
+references (a real CUHK mask shape, its region blurred with a defocus disk or a motion kernel, the
+rest sharp), so that people (or, in the demo, :mod:`pipeline.simulate`) have blur to paint. Their
+true masks live outside every source root, where no ingest sees them.
+
 Every path in ``truth.json`` is ``<source>/<path relative to that source's root folder>``, which is
-also the path relative to ``dest`` (the roots are ``dest/<source>``). Its keys:
+also the path relative to ``dest`` (the roots are ``dest/<source>``); hidden masks are named by
+their path relative to ``dest`` too. Its keys:
 
 - ``references``: the CUHK images (``path``, ``mask``, ``blur_type``, ``photo``, ``kernel``).
 - ``images``: every candidate file (msra10k, dut-omron, extra; saliency masks are not images) with
@@ -25,6 +32,10 @@ also the path relative to ``dest`` (the roots are ``dest/<source>``). Its keys:
   keyword (``truncated``, ``not an image``, ``empty``, ``pixel limit``, ``mask size``), or
   ``ingest`` for odd-but-valid ones (``cmyk``, ``16-bit``, ``palette``, ``alpha``,
   ``grayscale``, ``exif``, ``nested``) with the upright ``width`` and ``height``.
+- ``hidden_masks``: the true blur mask of every distinct msra10k/dut-omron candidate (and of the
+  byte-identical copy of one of them): ``image`` (its truth path), ``mask``
+  (``hidden_masks/<image path with .png>``; mode L, 255 = blurred, the image's size),
+  ``blur_type`` (``defocus`` | ``motion``), ``mask_shape`` (the CUHK mask used) and ``kernel``.
 """
 
 from __future__ import annotations
@@ -55,7 +66,8 @@ SOURCES: dict[str, str] = {  # source name -> adapter kind; each root is dest/<n
 MSRA_DIR = "msra10k/MSRA10K_Imgs_GT/Imgs"
 DUT_IMAGE_DIR = "dut-omron/DUT-OMRON-image"
 DUT_MASK_DIR = "dut-omron/pixelwiseGT-new-PNG"
-TRUTH_VERSION = 1
+HIDDEN_MASK_DIR = "hidden_masks"  # beside the source roots, never inside one
+TRUTH_VERSION = 2  # 2: hidden_masks
 REFERENCE_JPEG_QUALITY = 92
 BOMB_SIDE = 20_000  # 400 Mpx: beyond Pillow's decompression-bomb limit
 
@@ -111,6 +123,7 @@ class SampleInfo:
     candidate_pairs: int  # dut-omron copies of msra10k images
     must_not_match: int  # look-alike pairs that are different photos
     bad_files: int  # files that must be quarantined
+    hidden_masks: int  # candidate images with a true blur mask in dest/hidden_masks
 
 
 def write_sample(dest: Path, *, size: str = "demo", seed: int = 0) -> SampleInfo:
@@ -129,10 +142,13 @@ def write_sample(dest: Path, *, size: str = "demo", seed: int = 0) -> SampleInfo
     cast = _cast(crops, sizes, len(masks), rng)
     out = _Writer(dest)
     references = _write_cuhk(out, cast.references, masks, rng)
+    # The candidates' blur draws from a stream of its own: everything else stays as without it.
+    used = {r["mask_shape"] for r in out.truth.references}
+    blur = _CandidateBlur(masks, used, np.random.default_rng([seed, 1]))
     copies = _plan_copies(references, sizes, rng)
     names = _Names(rng)
-    msra = _write_msra(out, cast, copies, names, rng)
-    _write_dut(out, cast, copies, msra, sizes, names, rng)
+    msra = _write_msra(out, cast, copies, names, blur, rng)
+    _write_dut(out, cast, copies, msra, sizes, names, blur, rng)
     _write_extra(out, cast)
     truth_path = dest / "truth.json"
     truth = out.truth.as_json(size=size, seed=seed)
@@ -150,6 +166,7 @@ def write_sample(dest: Path, *, size: str = "demo", seed: int = 0) -> SampleInfo
         candidate_pairs=len(out.truth.candidate_pairs),
         must_not_match=len(out.truth.must_not_match),
         bad_files=sum(1 for b in out.truth.bad_files if b["expect"] == "quarantine"),
+        hidden_masks=len(out.truth.hidden_masks),
     )
 
 
@@ -177,6 +194,7 @@ class _Truth:
     exact_duplicates: list[dict[str, Any]] = field(default_factory=list)
     must_not_match: list[dict[str, Any]] = field(default_factory=list)
     bad_files: list[dict[str, Any]] = field(default_factory=list)
+    hidden_masks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self, *, size: str, seed: int) -> dict[str, Any]:
         return {
@@ -192,6 +210,7 @@ class _Truth:
             "exact_duplicates": self.exact_duplicates,
             "must_not_match": self.must_not_match,
             "bad_files": self.bad_files,
+            "hidden_masks": self.hidden_masks,
         }
 
 
@@ -215,6 +234,14 @@ class _Writer:
         self.write(rel, data)
         self.truth.images.append({"path": rel, "photo": photo, "role": role})
         return rel
+
+    def hidden_mask(self, image: str, blurred: _Blurred) -> None:
+        """Write the true blur mask of candidate ``image`` outside the sources; list it."""
+        stem, _, _ = image.rpartition(".")
+        mask = self.write(f"{HIDDEN_MASK_DIR}/{stem}.png", _png(blurred.mask))
+        entry = {"image": image, "mask": mask, "blur_type": blurred.blur_type}
+        entry |= {"mask_shape": blurred.mask_shape, "kernel": blurred.kernel}
+        self.truth.hidden_masks.append(entry)
 
 
 @dataclass(frozen=True)
@@ -410,6 +437,41 @@ def _motion_kernel(length: int, angle_degrees: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+@dataclass(frozen=True)
+class _Blurred:
+    """A candidate photo composited like a reference, with its true mask (L, 255 = blurred)."""
+
+    image: Image.Image
+    mask: Image.Image
+    blur_type: str  # defocus | motion
+    mask_shape: str  # out_of_focus0093.png
+    kernel: dict[str, Any]
+
+
+class _CandidateBlur:
+    """Composites candidate photos as :func:`_write_cuhk` does its references.
+
+    Mask shapes the references left unused come first (closest aspect ratio, each once); when
+    they run out (the bench sample gives every shape to a reference) all shapes are dealt again.
+    """
+
+    def __init__(self, masks: list[_MaskShape], used: set[str], rng: np.random.Generator) -> None:
+        self._masks = masks
+        self._pool = [m for m in masks if f"{m.stem}.png" not in used]
+        self._rng = rng
+
+    def __call__(self, photo: _Photo) -> _Blurred:
+        if not self._pool:
+            self._pool = list(self._masks)
+        aspect = photo.image.width / photo.image.height
+        shape = min(self._pool, key=lambda m: abs(math.log(m.aspect / aspect)))
+        self._pool.remove(shape)
+        image, gt, kernel = _composite(photo.image, shape, self._rng)
+        binary = np.where(np.asarray(gt.convert("L")) > 127, 255, 0).astype(np.uint8)
+        blur_type = "motion" if shape.kind == "motion" else "defocus"
+        return _Blurred(image, Image.fromarray(binary, "L"), blur_type, f"{shape.stem}.png", kernel)
+
+
 # --------------------------------------------------------------------------------------------
 # Candidates: MSRA10K and DUT-OMRON
 
@@ -485,17 +547,24 @@ class _Names:
 
 
 def _write_msra(
-    out: _Writer, cast: _Cast, copies: list[_Copy], names: _Names, rng: np.random.Generator
+    out: _Writer,
+    cast: _Cast,
+    copies: list[_Copy],
+    names: _Names,
+    blur: _CandidateBlur,
+    rng: np.random.Generator,
 ) -> list[tuple[str, _Photo]]:
-    """MSRA10K folder: distinct photos, planted copies, bad files.
+    """MSRA10K folder: distinct photos (blur composites), planted copies, bad files.
 
     Returns the distinct photos that ingest keeps (path, photo), for dut-omron to copy.
     """
     distinct: list[tuple[str, _Photo]] = []
     for k, photo in enumerate(cast.msra):
         stem = names.msra()
-        data = T.encode_jpeg(photo.image)
+        blurred = blur(photo)
+        data = T.encode_jpeg(blurred.image)
         path = out.image(f"{MSRA_DIR}/{stem}.jpg", data, photo=photo.name, role="distinct")
+        out.hidden_mask(path, blurred)
         mask_size = photo.image.size
         mask_path = f"{MSRA_DIR}/{stem}.png"
         if k == 0:  # a saliency mask that does not fit its image: the mask is quarantined
@@ -559,10 +628,11 @@ def _write_dut(
     msra: list[tuple[str, _Photo]],
     sizes: SampleSize,
     names: _Names,
+    blur: _CandidateBlur,
     rng: np.random.Generator,
 ) -> None:
-    """DUT-OMRON folder: distinct photos, copies of references and of MSRA images, a byte-exact
-    duplicate, a CMYK JPEG, flat images and two disjoint crops of one photo.
+    """DUT-OMRON folder: distinct photos (blur composites), copies of references and of MSRA
+    images, a byte-exact duplicate, a CMYK JPEG, flat images and two disjoint crops of one photo.
 
     About half the images get a saliency mask in ``pixelwiseGT-new-PNG``.
     """
@@ -574,19 +644,22 @@ def _write_dut(
             out.write(f"{DUT_MASK_DIR}/{stem}.png", _png(_saliency_mask(size, rng)))
         return path
 
-    first = ""
+    first: tuple[str, _Blurred] | None = None
     for photo in cast.dut:
-        path = write(photo, T.encode_jpeg(photo.image), "distinct", photo.image.size)
-        first = first or path
+        blurred = blur(photo)
+        path = write(photo, T.encode_jpeg(blurred.image), "distinct", photo.image.size)
+        out.hidden_mask(path, blurred)
+        first = first or (path, blurred)
     if first:
         stem = names.dut()
         dup = out.image(
             f"{DUT_IMAGE_DIR}/{stem}.jpg",
-            (out.root / first).read_bytes(),
+            (out.root / first[0]).read_bytes(),
             photo=cast.dut[0].name,
             role="exact_duplicate",
         )
-        out.truth.exact_duplicates.append({"a": first, "b": dup})
+        out.hidden_mask(dup, first[1])  # the same bytes: whichever path ingest keeps has a mask
+        out.truth.exact_duplicates.append({"a": first[0], "b": dup})
     for copy in copies:
         if copy.source == "dut-omron":
             _write_copy(out, copy, f"{DUT_IMAGE_DIR}/{names.dut()}", rng, saliency=False)
@@ -733,9 +806,12 @@ def _decode(data: bytes) -> Image.Image:
 
 
 def iter_truth_paths(truth: dict[str, Any]) -> Iterator[str]:
-    """Every file path named in a truth document (images, references and their masks)."""
+    """Every file path named in a truth document (images, references and their masks, hidden
+    masks)."""
     for ref in truth["references"]:
         yield ref["path"]
         yield ref["mask"]
     for image in truth["images"]:
         yield image["path"]
+    for hidden in truth.get("hidden_masks", []):
+        yield hidden["mask"]

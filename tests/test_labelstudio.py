@@ -132,12 +132,14 @@ def test_pull_annotators_rejection_faults_and_export(label_studio, tmp_path, req
     client.annotate(a, [brush_result(rle.encode(m2), w, h), choice_result(BLUR_TYPE, "motion")], u2)
     client.annotate(tasks["c1.jpg"]["task_id"], [choice_result(REJECT, "unusable")], u1)
     client.annotate(tasks["c2.jpg"]["task_id"], [brush_result(rle.encode(blob(100, 150, 0, 50, 0, 50)), 150, 100)], u1)
+    client.annotate(tasks["c2.jpg"]["task_id"], [choice_result(BLUR_TYPE, "defocus")], u2)
     client.delete_task(tasks["c3.jpg"]["task_id"])
 
     out = tmp_path / "masks"
     rep = pull(catalog, client, ws, "blur pull", export_dir=out)
     assert (rep.annotated, rep.rejected, rep.pending) == (1, 1, 1)
     assert any("c2.jpg" in p and "mask size 150×100 differs" in p for p in rep.problems)
+    assert any("c2.jpg" in p and "empty mask" in p for p in rep.problems)
     assert any("c3.jpg" in p and "deleted" in p for p in rep.problems)
     assert Path(rep.snapshot).is_file() and json.loads(Path(rep.snapshot).read_text())
 
@@ -189,3 +191,12 @@ def test_cli_push_pull_status_and_server_down(label_studio, prefect_harness, tmp
     assert r.exit_code == 1 and f"cannot reach Label Studio at {url}" in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert ws.catalog().counts() == before
+
+
+def test_up_twice_is_harmless_and_down_stops_only_its_own(label_studio, tmp_path):
+    from annotation.server import LocalServer
+    st = label_studio.up(log=lambda m: None)  # already running: no second server
+    assert st["answering"] and st["token_ok"] and st["pid"]
+    other = LocalServer(tmp_path / "other-data", tmp_path, label_studio.conn)
+    assert other.down() is False  # this workspace started nothing: the running server stays
+    assert label_studio.status()["answering"]

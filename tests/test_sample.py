@@ -39,7 +39,9 @@ def _candidate_files(root: Path) -> set[str]:
     found = set()
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
-        if not path.is_file() or rel.startswith("cuhk/") or rel == "truth.json":
+        if not path.is_file() or rel.startswith(("cuhk/", f"{S.HIDDEN_MASK_DIR}/")):
+            continue
+        if rel == "truth.json":
             continue
         if rel.startswith(S.DUT_MASK_DIR) or (
             rel.startswith(S.MSRA_DIR) and path.suffix == MASK_SUFFIX
@@ -102,18 +104,29 @@ def test_cuhk_masks_are_binary_and_fit_their_image(demo: S.SampleInfo) -> None:
     assert modes == {"L", "RGBA"}
 
 
-def test_cuhk_blurred_region_is_blurrier(demo: S.SampleInfo) -> None:
-    """Laplacian energy is lower where the mask says blurred, for nearly every reference."""
-    ratios = []
-    for image_path in (demo.cuhk / "image").iterdir():
+def _blur_ratios(pairs: list[tuple[Path, Path]]) -> tuple[list[float], list[float]]:
+    """Per (image, mask) pair, inside / outside the blurred region (away from its border): the
+    ratios of mean absolute Laplacian and of Laplacian variance. Pairs with too few pixels on
+    either side are skipped."""
+    energy_ratios, variance_ratios = [], []
+    for image_path, mask_path in pairs:
         grey = np.asarray(Image.open(image_path).convert("L"), np.float32)
-        blurred = np.asarray(Image.open(demo.cuhk / "gt" / f"{image_path.stem}.png").convert("L"))
+        blurred = np.asarray(Image.open(mask_path).convert("L"))
         inner = cv2.erode((blurred > 127).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
         outer = cv2.erode((blurred <= 127).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
         if inner.sum() < 500 or outer.sum() < 500:
             continue
-        energy = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
-        ratios.append(energy[inner].mean() / energy[outer].mean())
+        laplacian = cv2.Laplacian(grey, cv2.CV_32F)
+        energy = np.abs(laplacian)
+        energy_ratios.append(float(energy[inner].mean() / energy[outer].mean()))
+        variance_ratios.append(float(laplacian[inner].var() / laplacian[outer].var()))
+    return energy_ratios, variance_ratios
+
+
+def test_cuhk_blurred_region_is_blurrier(demo: S.SampleInfo) -> None:
+    """Laplacian energy is lower where the mask says blurred, for nearly every reference."""
+    pairs = [(p, demo.cuhk / "gt" / f"{p.stem}.png") for p in (demo.cuhk / "image").iterdir()]
+    ratios, _ = _blur_ratios(pairs)
     assert len(ratios) >= 10
     assert np.mean(np.asarray(ratios) < 0.8) >= 0.8
 
@@ -210,6 +223,74 @@ def test_must_not_match_pairs(truth: dict[str, Any]) -> None:
     assert name_a == name_b and box_a.intersection(box_b) == 0
     for pair in flats:
         assert photo_of[pair["a"]] != photo_of[pair["b"]]
+
+
+# --------------------------------------------------------------------------------- hidden masks
+
+
+def test_every_distinct_candidate_has_a_hidden_mask(
+    demo: S.SampleInfo, truth: dict[str, Any]
+) -> None:
+    assert truth["version"] == S.TRUTH_VERSION >= 2
+    hidden = {h["image"]: h for h in truth["hidden_masks"]}
+    assert len(hidden) == len(truth["hidden_masks"]) == demo.hidden_masks
+    role = {i["path"]: i["role"] for i in truth["images"]}
+    distinct = {path for path, r in role.items() if r == "distinct"}
+    assert {p.split("/")[0] for p in distinct} == {"msra10k", "dut-omron"}
+    (dup,) = truth["exact_duplicates"]
+    assert set(hidden) == distinct | {dup["b"]}  # the byte-identical copy shares its mask
+    assert hidden[dup["b"]]["mask"] != hidden[dup["a"]]["mask"]
+    assert (demo.root / hidden[dup["b"]]["mask"]).read_bytes() == (
+        demo.root / hidden[dup["a"]]["mask"]
+    ).read_bytes()
+    assert {h["blur_type"] for h in hidden.values()} == {"defocus", "motion"}
+    shapes = {f"{m.stem}.png" for m in S._load_masks()}
+    for image, entry in hidden.items():
+        stem = image.rsplit(".", 1)[0]
+        assert entry["mask"] == f"{S.HIDDEN_MASK_DIR}/{stem}.png"
+        assert entry["mask_shape"] in shapes
+        expected = "motion" if entry["mask_shape"].startswith("motion") else "defocus"
+        assert entry["blur_type"] == expected
+        assert entry["kernel"]["type"] == {"motion": "motion", "defocus": "disk"}[expected]
+
+
+def test_hidden_masks_live_outside_every_source(demo: S.SampleInfo, truth: dict[str, Any]) -> None:
+    on_disk = {
+        p.relative_to(demo.root).as_posix()
+        for p in (demo.root / S.HIDDEN_MASK_DIR).rglob("*")
+        if p.is_file()
+    }
+    assert on_disk == {h["mask"] for h in truth["hidden_masks"]}
+    roots = {source["root"] for source in truth["sources"].values()}
+    assert S.HIDDEN_MASK_DIR not in roots
+    assert not any(m.startswith(f"{root}/") for m in on_disk for root in roots)
+
+
+def test_hidden_masks_are_binary_and_fit_their_image(
+    demo: S.SampleInfo, truth: dict[str, Any]
+) -> None:
+    for entry in truth["hidden_masks"]:
+        mask, values = _mask_values(demo.root / entry["mask"])
+        assert mask.mode == "L"
+        assert set(np.unique(values)) == {0, 255}  # some blurred, some sharp
+        with Image.open(demo.root / entry["image"]) as image:
+            assert image.size == mask.size
+
+
+def test_hidden_blurred_region_is_blurrier(demo: S.SampleInfo, truth: dict[str, Any]) -> None:
+    """Laplacian energy and variance are lower where the hidden mask says blurred."""
+    pairs = [(demo.root / h["image"], demo.root / h["mask"]) for h in truth["hidden_masks"]]
+    energy, variance = _blur_ratios(pairs)
+    assert len(energy) >= 10
+    assert np.mean(np.asarray(energy) < 0.8) >= 0.8
+    assert np.mean(np.asarray(variance) < 1.0) >= 0.9
+    assert np.mean(np.log(variance)) < np.log(0.5)  # on average well under half
+
+
+def test_candidate_copies_are_of_blur_composites(truth: dict[str, Any]) -> None:
+    hidden = {h["image"] for h in truth["hidden_masks"]}
+    assert truth["candidate_pairs"]
+    assert all(pair["reference"] in hidden for pair in truth["candidate_pairs"])
 
 
 # ------------------------------------------------------------------------------------ bad files
