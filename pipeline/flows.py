@@ -87,12 +87,12 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
                show_progress: bool) -> findings_stage.DedupOutcome:
     from pipeline.catalog import Catalog
     catalog = Catalog(catalog_url)
-    bar = tqdm(desc="dedup", unit="img", disable=not show_progress)
+    bar = tqdm(desc="dedup (search, then verify pairs)", unit="step", disable=not show_progress)
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if bar.total != total:  # the verification phase adds its pairs to the total
+            bar.total = total
+        bar.update(done - bar.n)
 
     try:
         return findings_stage.run_dedup(catalog, reference, threshold, progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,7 +94,10 @@ def open_checked(data: bytes, max_pixels: int) -> Opened:
     except UnidentifiedImageError:
         raise BadFile("not an image: Pillow cannot identify the file's format") from None
     except Image.DecompressionBombError as e:
-        raise BadFile(f"pixel limit: {e}") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1))} pixels" if found else "its size"
+        raise BadFile(f"pixel limit: {size} exceeds the limit of {max_pixels} (a decompression "
+                      "bomb or a huge scan; raise --max-pixels to accept it)") from None
     except DECODE_ERRORS as e:
         raise BadFile(f"corrupt image header: {e}") from None
     if im.format not in FORMAT_EXTENSIONS:
