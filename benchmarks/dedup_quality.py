@@ -1,0 +1,238 @@
+"""Near-duplicate quality on the bench sample: ``pipeline.dedup.find_duplicates`` against
+imagededup's PHash at its default threshold (10), on the same files.
+
+    python benchmarks/dedup_quality.py [--sample DIR] [--seed S] [--threshold T] [--show-misses]
+
+The set is ``pipeline.sample.write_sample(size="bench")`` (written to a temporary folder unless
+``--sample`` names one already written): CUHK-style references, every transform of
+``pipeline.transforms.TRANSFORMS`` applied to every reference and saved as a candidate, copies
+of candidates among the candidates, distinct photos, two disjoint crops of one photo and flat
+images as distractors, plus odd-but-valid files (CMYK, 16-bit, palette, alpha, EXIF-rotated).
+
+Both methods see one record per distinct file content (byte-identical files are the sha256
+stage's business, as in ``pipeline.findings``) and the same pairs: candidate-reference and
+candidate-candidate (reference-reference pairs are not asked for and are dropped from
+imagededup's answer). Scoring follows ``truth.json``:
+
+- recall: the share of ``planted_pairs`` (candidate → reference) and ``candidate_pairs``
+  (candidate → candidate) reported as duplicates, overall and by transformation;
+- precision: the share of reported pairs whose two files show the same ``photo`` (two copies of
+  one reference are a correct pair too). False positives are listed by kind.
+
+The last line is ``RESULT recall=… precision=… imagededup_recall=… imagededup_precision=…
+pairs=…`` (``pairs`` = planted + candidate pairs scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+Pair = frozenset  # of two content ids
+
+
+@dataclass
+class Sample:
+    """What the scorer needs from a written sample."""
+
+    root: Path
+    refs: list[str]  # paths (relative to root) of the reference images
+    cands: list[str]  # paths of candidate images (valid ones)
+    photo: dict[str, str]  # path -> photo name
+    role: dict[str, str]  # path -> role
+    expected: list[tuple[str, str, str]]  # (candidate, reference, transform)
+
+
+def load_sample(root: Path) -> Sample:
+    truth = json.loads((root / "truth.json").read_text(encoding="utf-8"))
+    refs = [r["path"] for r in truth["references"]]
+    photo = {r["path"]: r["photo"] for r in truth["references"]}
+    role = {r["path"]: "reference" for r in truth["references"]}
+    cands = []
+    for im in truth["images"]:
+        if im["photo"] is None:  # a bad file: quarantined by ingest, never hashed
+            continue
+        cands.append(im["path"])
+        photo[im["path"]] = im["photo"]
+        role[im["path"]] = im["role"]
+    expected = [(p["candidate"], p["reference"], p["transform"])
+                for p in truth["planted_pairs"] + truth["candidate_pairs"]]
+    return Sample(root, refs, cands, photo, role, expected)
+
+
+def content_ids(sample: Sample) -> dict[str, str]:
+    """path -> sha256 of the file (the catalog's image id)."""
+    return {p: hashlib.sha256((sample.root / p).read_bytes()).hexdigest()
+            for p in [*sample.refs, *sample.cands]}
+
+
+def unique_in_order(paths: Iterable[str], ids: dict[str, str], taken: set[str]) -> list[str]:
+    """The first path of every content id not yet taken, in order."""
+    out = []
+    for p in paths:
+        if ids[p] not in taken:
+            taken.add(ids[p])
+            out.append(p)
+    return out
+
+
+def run_ours(sample: Sample, refs: list[str], cands: list[str],
+             threshold: int | None) -> tuple[set[Pair], dict[str, int], float, float]:
+    """Our pairs (duplicate verdicts), verdict counts, hashing and dedup seconds."""
+    from PIL import Image
+
+    from pipeline.dedup import HashRecord, find_duplicates
+    from pipeline.hashing import hash_opened
+
+    start = time.perf_counter()
+    records = {}
+    for p in [*refs, *cands]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(sample.root / p) as im:
+                records[p] = HashRecord(p, hash_opened(im))
+    hashed = time.perf_counter()
+    matches = find_duplicates([records[p] for p in refs], [records[p] for p in cands],
+                              threshold=threshold)
+    done = time.perf_counter()
+    verdicts = Counter(m.verdict for m in matches)
+    pairs = {Pair((m.candidate, m.reference)) for m in matches if m.verdict == "duplicate"}
+    return pairs, dict(verdicts), hashed - start, done - hashed
+
+
+def run_imagededup(sample: Sample, refs: list[str], cands: list[str]) -> tuple[set[Pair], float]:
+    """imagededup PHash, default threshold 10, over the same files; pairs not ref-ref."""
+    import logging
+
+    from imagededup.methods import PHash
+
+    logging.getLogger("imagededup").setLevel(logging.ERROR)
+    start = time.perf_counter()
+    phasher = PHash(verbose=False)
+    encodings = {}
+    for p in [*refs, *cands]:
+        code = phasher.encode_image(image_file=sample.root / p)
+        if code:
+            encodings[p] = code
+    found = phasher.find_duplicates(encoding_map=encodings, max_distance_threshold=10)
+    ref_set = set(refs)
+    pairs = {Pair((a, b)) for a, dups in found.items() for b in dups
+             if a != b and not (a in ref_set and b in ref_set)}
+    return pairs, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Score:
+    recall: float
+    precision: float
+    by_transform: dict[str, tuple[int, int]]  # found, total
+    false_positives: Counter
+    missed: list[tuple[str, str, str]]
+    reported: int
+
+
+def score(sample: Sample, ids: dict[str, str], rep: dict[str, str], pairs: set[Pair]) -> Score:
+    """``rep`` maps a content id to the path that stood for it."""
+    found_ids = {Pair((ids[a], ids[b])) for a, b in (tuple(p) for p in pairs)}
+    by_t: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    missed = []
+    for cand, ref, transform in sample.expected:
+        hit = ids[cand] == ids[ref] or Pair((ids[cand], ids[ref])) in found_ids
+        by_t[transform][0] += int(hit)
+        by_t[transform][1] += 1
+        if not hit:
+            missed.append((cand, ref, transform))
+    total = len(sample.expected)
+    recall = sum(f for f, _ in by_t.values()) / total if total else 1.0
+    fps: Counter = Counter()
+    correct = 0
+    for p in pairs:
+        a, b = sorted(p)
+        if sample.photo[a] == sample.photo[b]:
+            correct += 1
+        else:
+            fps[fp_kind(sample, a, b)] += 1
+    precision = correct / len(pairs) if pairs else 1.0
+    del rep
+    return Score(recall, precision, {t: (f, n) for t, (f, n) in sorted(by_t.items())}, fps,
+                 missed, len(pairs))
+
+
+def fp_kind(sample: Sample, a: str, b: str) -> str:
+    roles = {sample.role[a], sample.role[b]}
+    if roles == {"flat"}:
+        return "flat vs flat"
+    if "flat" in roles:
+        return "flat vs photo"
+    if roles == {"crop_pair"}:
+        return "two crops of one photo"
+    pa, pb = sample.photo[a].split("@")[0], sample.photo[b].split("@")[0]
+    return "crops of one photo" if pa == pb else "different photos"
+
+
+def print_report(ours: Score, theirs: Score, verdicts: dict[str, int], n_refs: int,
+                 n_cands: int, times: dict[str, float], show_misses: bool) -> None:
+    print(f"{n_refs} references, {n_cands} candidates (distinct contents), "
+          f"{len(ours.missed) + sum(f for f, _ in ours.by_transform.values())} expected pairs")
+    print(f"ours: {ours.reported} duplicate pairs reported, {verdicts.get('rejected', 0)} "
+          f"look-alikes rejected by verification; hashing {times['hash']:.1f} s, "
+          f"dedup {times['dedup']:.1f} s; imagededup {times['imagededup']:.1f} s in all")
+    print(f"{'':16}{'ours':>14}{'imagededup@10':>16}")
+    print(f"{'recall':16}{ours.recall:>14.3f}{theirs.recall:>16.3f}")
+    print(f"{'precision':16}{ours.precision:>14.3f}{theirs.precision:>16.3f}")
+    print("recall by transformation:")
+    for t, (f, n) in ours.by_transform.items():
+        tf, tn = theirs.by_transform.get(t, (0, n))
+        print(f"  {t:14}{f:>5}/{n:<4}{f / n:>6.2f}{tf:>9}/{tn:<4}{tf / tn:>6.2f}")
+    kinds = sorted(set(ours.false_positives) | set(theirs.false_positives))
+    print("false positives by kind:" + ("" if kinds else " none"))
+    for k in kinds:
+        print(f"  {k:28}{ours.false_positives.get(k, 0):>6}{theirs.false_positives.get(k, 0):>10}")
+    if show_misses:
+        for cand, ref, t in ours.missed:
+            print(f"  missed: {t:14} {cand} -> {ref}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=Path, help="an already written bench sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated sample")
+    parser.add_argument("--threshold", type=int, default=None, help="our search radius")
+    parser.add_argument("--show-misses", action="store_true", help="list the pairs we missed")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="blurset-dedupbench-") as tmp:
+        root = args.sample
+        if root is None:
+            from pipeline.sample import write_sample
+
+            root = Path(tmp) / "sample"
+            write_sample(root, size="bench", seed=args.seed)
+        sample = load_sample(root)
+        ids = content_ids(sample)
+        taken: set[str] = set()
+        refs = unique_in_order(sample.refs, ids, taken)
+        cands = unique_in_order(sample.cands, ids, taken)
+        rep = {ids[p]: p for p in [*refs, *cands]}
+        ours_pairs, verdicts, t_hash, t_dedup = run_ours(sample, refs, cands, args.threshold)
+        their_pairs, t_theirs = run_imagededup(sample, refs, cands)
+    ours = score(sample, ids, rep, ours_pairs)
+    theirs = score(sample, ids, rep, their_pairs)
+    print_report(ours, theirs, verdicts, len(refs), len(cands),
+                 {"hash": t_hash, "dedup": t_dedup, "imagededup": t_theirs}, args.show_misses)
+    print(f"RESULT recall={ours.recall:.3f} precision={ours.precision:.3f} "
+          f"imagededup_recall={theirs.recall:.3f} imagededup_precision={theirs.precision:.3f} "
+          f"pairs={len(sample.expected)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
