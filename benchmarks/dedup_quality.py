@@ -86,8 +86,8 @@ def unique_in_order(paths: Iterable[str], ids: dict[str, str], taken: set[str]) 
 
 
 def run_ours(sample: Sample, refs: list[str], cands: list[str],
-             threshold: int | None) -> tuple[set[Pair], dict[str, int], float, float]:
-    """Our pairs (duplicate verdicts), verdict counts, hashing and dedup seconds."""
+             threshold: int | None) -> tuple[list, float, float]:
+    """Our matches (both verdicts), hashing and dedup seconds."""
     from PIL import Image
 
     from pipeline.dedup import HashRecord, find_duplicates
@@ -103,10 +103,7 @@ def run_ours(sample: Sample, refs: list[str], cands: list[str],
     hashed = time.perf_counter()
     matches = find_duplicates([records[p] for p in refs], [records[p] for p in cands],
                               threshold=threshold)
-    done = time.perf_counter()
-    verdicts = Counter(m.verdict for m in matches)
-    pairs = {Pair((m.candidate, m.reference)) for m in matches if m.verdict == "duplicate"}
-    return pairs, dict(verdicts), hashed - start, done - hashed
+    return matches, hashed - start, time.perf_counter() - hashed
 
 
 def run_imagededup(sample: Sample, refs: list[str], cands: list[str]) -> tuple[set[Pair], float]:
@@ -115,7 +112,9 @@ def run_imagededup(sample: Sample, refs: list[str], cands: list[str]) -> tuple[s
 
     from imagededup.methods import PHash
 
-    logging.getLogger("imagededup").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("imagededup"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     start = time.perf_counter()
     phasher = PHash(verbose=False)
     encodings = {}
@@ -123,7 +122,9 @@ def run_imagededup(sample: Sample, refs: list[str], cands: list[str]) -> tuple[s
         code = phasher.encode_image(image_file=sample.root / p)
         if code:
             encodings[p] = code
-    found = phasher.find_duplicates(encoding_map=encodings, max_distance_threshold=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "num_enc_workers has no effect"
+        found = phasher.find_duplicates(encoding_map=encodings, max_distance_threshold=10)
     ref_set = set(refs)
     pairs = {Pair((a, b)) for a, dups in found.items() for b in dups
              if a != b and not (a in ref_set and b in ref_set)}
@@ -140,8 +141,8 @@ class Score:
     reported: int
 
 
-def score(sample: Sample, ids: dict[str, str], rep: dict[str, str], pairs: set[Pair]) -> Score:
-    """``rep`` maps a content id to the path that stood for it."""
+def score(sample: Sample, ids: dict[str, str], pairs: set[Pair]) -> Score:
+    """Recall over the expected pairs (by content), precision over the reported ones."""
     found_ids = {Pair((ids[a], ids[b])) for a, b in (tuple(p) for p in pairs)}
     by_t: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     missed = []
@@ -162,7 +163,6 @@ def score(sample: Sample, ids: dict[str, str], rep: dict[str, str], pairs: set[P
         else:
             fps[fp_kind(sample, a, b)] += 1
     precision = correct / len(pairs) if pairs else 1.0
-    del rep
     return Score(recall, precision, {t: (f, n) for t, (f, n) in sorted(by_t.items())}, fps,
                  missed, len(pairs))
 
@@ -221,12 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         taken: set[str] = set()
         refs = unique_in_order(sample.refs, ids, taken)
         cands = unique_in_order(sample.cands, ids, taken)
-        rep = {ids[p]: p for p in [*refs, *cands]}
-        ours_pairs, verdicts, t_hash, t_dedup = run_ours(sample, refs, cands, args.threshold)
+        matches, t_hash, t_dedup = run_ours(sample, refs, cands, args.threshold)
         their_pairs, t_theirs = run_imagededup(sample, refs, cands)
-    ours = score(sample, ids, rep, ours_pairs)
-    theirs = score(sample, ids, rep, their_pairs)
-    print_report(ours, theirs, verdicts, len(refs), len(cands),
+    ours_pairs = {Pair((m.candidate, m.reference)) for m in matches if m.verdict == "duplicate"}
+    ours = score(sample, ids, ours_pairs)
+    theirs = score(sample, ids, their_pairs)
+    print_report(ours, theirs, dict(Counter(m.verdict for m in matches)), len(refs), len(cands),
                  {"hash": t_hash, "dedup": t_dedup, "imagededup": t_theirs}, args.show_misses)
     print(f"RESULT recall={ours.recall:.3f} precision={ours.precision:.3f} "
           f"imagededup_recall={theirs.recall:.3f} imagededup_precision={theirs.precision:.3f} "

@@ -2,7 +2,9 @@
 
 :func:`hash_opened` takes an image straight from ``Image.open`` and decodes only what the hashes
 need: for JPEG, ``Image.draft`` asks libjpeg for the luma channel alone at a DCT scaling of 1/2 …
-1/8, so a 400×300 photo is decoded as 100×75 grey pixels; other formats are decoded whole. Then:
+1/8 (the largest that keeps both sides ≥ 64), so a 400×300 photo is decoded as 100×75 grey
+pixels; other formats are decoded whole. On one core that is ~4× imagededup's PHash and within
+1.25× of the reduced decode alone (``benchmarks/hashing.py``). Then:
 
 - EXIF orientation is applied to the small result (a 64×64 thumb is squashed to a square, so
   rotating the thumb equals squashing the rotated image), so a copy rotated by EXIF hashes like
@@ -19,6 +21,10 @@ need: for JPEG, ``Image.draft`` asks libjpeg for the luma channel alone at a DCT
 The catalog stores only ``phash`` (16 hex digits) and the thumb bytes; :meth:`ImageHashes.
 from_stored` rebuilds the value from them, and anything dedup needs is derived from the thumb.
 
+A JPEG's DCT-scaled decode is a little sharper than area averaging, so one picture saved as JPEG
+and as PNG gets thumbs a few grey levels and hashes a few bits apart; dedup's search radius and
+verification absorb that.
+
 Decoding errors (truncated or corrupt data) propagate as Pillow raises them (``OSError``,
 ``SyntaxError``, ``ValueError``): the caller quarantines the file.
 """
@@ -29,7 +35,6 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -170,28 +175,30 @@ def _grey_thumb_image(im: Image.Image) -> Image.Image:
 
 
 def _numeric_thumb(im: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float images: area-resize in float, then scale to 0-255.
+    """16-bit, 32-bit integer and float images: scale to 0-255 in float, then area-resize.
 
-    16-bit data is divided by 257 (65535 → 255); integer or float data already within 0-255 is
-    kept, float data within 0-1 is multiplied by 255, anything else is stretched min-max.
+    16-bit data is divided by 257 (65535 → 255, so a 16-bit copy of an 8-bit image hashes like
+    it); integer or float data already within 0-255 is kept, float data within 0-1 is multiplied
+    by 255, anything else is stretched min-max. Nothing is clipped before the resize.
     """
     arr = np.asarray(im)
-    if arr.dtype.byteorder == ">" or not arr.dtype.isnative:
+    if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     values = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if values.ndim != 2:
-        raise ValueError(f"unexpected {im.mode} array of shape {values.shape}")
-    small = cv2.resize(values, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        raise ValueError(f"unexpected {im.mode} image data of shape {values.shape}")
     lo, hi = float(values.min()), float(values.max())
     if im.mode in _SIXTEEN_BIT:
-        scaled = small / 257.0
-    elif lo >= 0.0 and hi <= 1.0 and im.mode == "F":
-        scaled = small * 255.0
+        values = values / 257.0
+    elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        values = values * 255.0
     elif lo >= 0.0 and hi <= 255.0:
-        scaled = small
+        pass
     elif lo >= 0.0 and hi <= 65535.0:
-        scaled = small / 257.0
+        values = values / 257.0
     else:
-        scaled = (small - lo) * (255.0 / max(hi - lo, 1e-12))
-    pixels = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        values = (values - lo) * (255.0 / max(hi - lo, 1e-12))
+    small = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize(
+        (THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
+    pixels = np.clip(np.rint(np.asarray(small)), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
