@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from annotation import rle
 from annotation.client import TaskSpec, connect
 from annotation.server import Connection, LocalServer
 from pipeline.labelling import prelabel_from_mask
