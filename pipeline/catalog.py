@@ -167,6 +167,18 @@ annotations = Table(
 )
 
 
+releases = Table(
+    "releases", metadata,
+    Column("name", String, primary_key=True),
+    Column("version", String, primary_key=True),  # semantic version, e.g. 1.0.0
+    Column("path", Text, primary_key=True),  # where it was written (one version may be built twice)
+    Column("parent", String),  # the version it is compared with in its changelog, or None
+    Column("created_at", String, nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+)
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -501,3 +513,21 @@ class Catalog:
                 select(annotations).where(annotations.c.server == server,
                                           annotations.c.project_id == project_id)
                 .order_by(annotations.c.annotation_id)).mappings()]
+
+    # -- releases ----------------------------------------------------------------------------
+    def record_release(self, name: str, version: str, path: str, parent: str | None,
+                       manifest_sha256: str, rows: int, created_at: str | None = None) -> None:
+        """Remember a release written at ``path`` (a rebuild at the same path replaces the row)."""
+        values = {"name": name, "version": version, "path": path, "parent": parent,
+                  "created_at": created_at or now(), "manifest_sha256": manifest_sha256,
+                  "rows": rows}
+        with self.engine.begin() as c:
+            c.execute(self._upsert(releases, values, ["name", "version", "path"],
+                                   ["parent", "created_at", "manifest_sha256", "rows"]))
+
+    def releases(self, name: str | None = None) -> list[dict]:
+        q = select(releases).order_by(releases.c.name, releases.c.created_at, releases.c.version)
+        if name is not None:
+            q = q.where(releases.c.name == name)
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
