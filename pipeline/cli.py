@@ -171,10 +171,10 @@ def sample(dest: str, size: str, seed: int) -> None:
 @cli.command()
 @click.option("--dir", "demo_dir", default="demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo's sample and workspace.")
-@click.option("--no-annotate", is_flag=True, help="Stop after dedup (no Label Studio).")
+@click.option("--no-annotate", is_flag=True, help="Skip Label Studio (dedup, then the CUHK-style release only).")
 @click.pass_context
 def demo(ctx: click.Context, demo_dir: str, no_annotate: bool) -> None:
-    """The pipeline on the bundled sample: sample → ingest → dedup → Label Studio → pull."""
+    """The pipeline on the bundled sample: sample → ingest → dedup → Label Studio → pull → releases."""
     from annotation.client import LabelStudioError
     from annotation.server import ServerError
     from pipeline.demo import run_demo
@@ -310,6 +310,160 @@ def annotate_status(c: Ctx, project: str) -> None:
                                    "run `blurset annotate push` first")
     for k, v in ann_status(catalog, server, rows[0]["project_id"]).items():
         click.echo(f"{k}: {v}")
+
+
+@cli.group()
+def release() -> None:
+    """Versioned Parquet releases with dataset cards: build, verify, diff, list, publish."""
+
+
+def _releases_root(c: Ctx, root: str | None) -> Path:
+    return Path(root) if root else c.ws.root / "releases"
+
+
+def _split_file(values: tuple[str, ...]):
+    """``--split-file F`` (``NAME SPLIT`` lines, or a path with ``{split}``) or one
+    ``--split-file SPLIT=LIST`` per split."""
+    if not values:
+        return None
+    pairs = [v.split("=", 1) for v in values]
+    if all(len(p) == 2 and "/" not in p[0] for p in pairs):
+        return {k: v for k, v in pairs}
+    if len(values) > 1:
+        raise click.BadParameter("give one file, or SPLIT=LIST for every split "
+                                 f"(got {list(values)})", param_hint="--split-file")
+    return values[0]
+
+
+@release.command(name="build")
+@click.argument("name")
+@click.argument("version")
+@click.option("--from-source", "sources", multiple=True,
+              help="Take the ground-truth blur masks of this source (e.g. cuhk). Repeatable.")
+@click.option("--project", "projects", multiple=True,
+              help="Take the annotated tasks of this Label Studio project. Repeatable.")
+@click.option("--split", default="train=0.8,test=0.2", show_default=True,
+              help="Split ratios, dealt out per blur type in a stable order.")
+@click.option("--split-file", "split_files", multiple=True,
+              help="A published split: one file of 'NAME SPLIT' lines, a path with '{split}' "
+                   "in it, or SPLIT=LIST once per split (lists of file names).")
+@click.option("--shard-mb", default=256, show_default=True, help="Target shard size in MB.")
+@click.option("--license", "license_", default="other", show_default=True,
+              help="License id for the card (e.g. cc-by-4.0).")
+@click.option("--out", "out_root", type=click.Path(file_okay=False),
+              help="Releases folder (default: WORKSPACE/releases).")
+@pass_ctx
+def release_build(c: Ctx, name: str, version: str, sources: tuple[str, ...],
+                  projects: tuple[str, ...], split: str, split_files: tuple[str, ...],
+                  shard_mb: int, license_: str, out_root: str | None) -> None:
+    """Write releases/NAME/VERSION: Parquet shards, manifest.json and the dataset card."""
+    from pipeline.flows import release_flow
+    from pipeline.releases import ReleaseError, validate_version
+    ws = c.ws
+    if not sources and not projects:
+        raise click.UsageError("say what to release: --from-source S and/or --project P")
+    try:  # the common mistakes, before a flow starts
+        validate_version(version)
+    except ReleaseError as e:
+        raise click.ClickException(str(e)) from None
+    final = _releases_root(c, out_root) / name / version
+    if final.exists():
+        raise click.ClickException(f"release {name} {version} already exists at {final}; a "
+                                   "published version is immutable: build a new version instead")
+    try:
+        r = release_flow(str(ws.root), name, version, list(sources) or None,
+                         list(projects) or None, split, _split_file(split_files),
+                         shard_mb * 2**20, license_, str(_releases_root(c, out_root)))
+    except (ReleaseError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
+    dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "none"
+    click.echo(f"{name} {version}: {r['rows']} images ({splits}) in {len(r['shards'])} shards; "
+               f"parent {r['parent'] or '-'}; left out: {dropped}")
+    click.echo(f"  {r['path']}")
+
+
+@release.command(name="verify")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+def release_verify(path: str) -> None:
+    """Recompute every checksum and re-read every row; exit 1 on any problem."""
+    from pipeline.releases import verify_release
+    rep = verify_release(path)
+    for p in rep.problems:
+        click.echo(f"FAIL {p.file}: {p.message}", err=True)
+    if not rep.ok:
+        click.echo(f"{path}: {len(rep.problems)} problems", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: OK ({rep.files} files, {rep.rows} rows checked)")
+
+
+@release.command(name="diff")
+@click.argument("a", type=click.Path(exists=True, file_okay=False))
+@click.argument("b", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def release_diff(a: str, b: str, fmt: str) -> None:
+    """Images added, removed, and whose mask or split changed from release A to release B."""
+    from dataclasses import asdict
+
+    from pipeline.releases import ReleaseError, diff_releases
+    try:
+        d = diff_releases(a, b)
+    except (ReleaseError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    if fmt == "json":
+        click.echo(json.dumps(asdict(d), indent=2))
+        return
+    click.echo(f"{d.a} -> {d.b}: " + ", ".join(f"{k} {v}" for k, v in d.counts().items()))
+    for i in d.added:
+        click.echo(f"+ {i}")
+    for i in d.removed:
+        click.echo(f"- {i}")
+    for i in d.mask_changed:
+        click.echo(f"~ {i} mask")
+    for i, s1, s2 in d.split_changed:
+        click.echo(f"~ {i} split {s1} -> {s2}")
+
+
+@release.command(name="list")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Releases folder (default: WORKSPACE/releases).")
+@pass_ctx
+def release_list(c: Ctx, root: str | None) -> None:
+    """Every complete release, by name and version."""
+    from pipeline.releases import list_releases
+    found = list_releases(_releases_root(c, root))
+    if not found:
+        click.echo(f"no releases in {_releases_root(c, root)}")
+    for r in found:
+        splits = ", ".join(f"{k} {v}" for k, v in r.splits.items())
+        click.echo(f"{r.name:<20} {r.version:<10} {r.rows:>7} images ({splits}) "
+                   f"parent {r.parent or '-'}  {r.path}")
+
+
+@release.command(name="publish")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("url")
+@click.option("--storage-option", "options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec storage option, e.g. endpoint_url=http://127.0.0.1:5000 for S3 "
+                   "(client_kwargs)." )
+def release_publish(path: str, url: str, options: tuple[str, ...]) -> None:
+    """Verify PATH, then copy it to URL/NAME/VERSION (a folder or s3://bucket/prefix)."""
+    from pipeline.releases import ReleaseError, ReleaseVerificationError, publish_release
+    storage: dict = {}
+    for o in options:
+        if "=" not in o:
+            raise click.BadParameter(f"{o!r} is not KEY=VALUE", param_hint="--storage-option")
+        k, v = o.split("=", 1)
+        if k == "endpoint_url":
+            storage.setdefault("client_kwargs", {})["endpoint_url"] = v
+        else:
+            storage[k] = v
+    try:
+        dest = publish_release(path, url, storage_options=storage)
+    except (ReleaseError, ReleaseVerificationError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"published {path} -> {dest}")
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     from pipeline.flows import dedup_flow, ingest_flow
     from pipeline.sample import write_sample
 
-    steps = 7 if annotate else 4
+    steps = 8 if annotate else 5
     sample_dir = demo_dir / "sample"
     if not (sample_dir / "truth.json").exists():
         click.echo(f"[1/{steps}] writing the bundled sample to {sample_dir}")
@@ -81,6 +81,7 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     result = {"dedup": s, "truth": score, "sheet": str(sheet)}
     if annotate:
         result["annotation"] = _annotate(demo_dir, ws, catalog, sample_dir, steps)
+    result["releases"] = _releases(ws, steps, with_annotations=annotate)
     catalog.close()
     return result
 
@@ -121,3 +122,33 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     click.echo(f"      project:  {r['url']}  (user {server.username}, password {server.password})")
     click.echo(f"      stop Label Studio with: blurset -w {ws.root} labelstudio down")
     return {"push": r, "pull": p, "status": st}
+
+
+DEMO_RELEASES = [("cuhk-sample", "1.0.0", {"from_sources": ["cuhk"]}),
+                 ("szubd-sample", "1.0.0", {"projects": [DEMO_PROJECT]})]
+
+
+def _releases(ws: Workspace, steps: int, with_annotations: bool) -> dict:
+    """Build (or reuse) the two sample releases and verify them."""
+    from pipeline.flows import release_flow
+    from pipeline.releases import verify_release
+
+    wanted = DEMO_RELEASES if with_annotations else DEMO_RELEASES[:1]
+    click.echo(f"[{steps}/{steps}] releases (Prefect flow 'release-build'): Parquet shards, "
+               "manifest, dataset card")
+    out = {}
+    for name, version, what in wanted:
+        path = ws.root / "releases" / name / version
+        if (path / "manifest.json").exists():
+            click.echo(f"      {name} {version}: exists (a published version is immutable), reused")
+        else:
+            r = release_flow(str(ws.root), name, version, **what)
+            splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
+            click.echo(f"      {name} {version}: {r['rows']} images ({splits})")
+        rep = verify_release(path)
+        state = "verified" if rep.ok else f"FAILED verification: {rep.problems[:3]}"
+        click.echo(f"        {state}: {rep.files} files, {rep.rows} rows")
+        click.echo(f"        {path.resolve()}  (card: README.md)")
+        out[name] = {"path": str(path), "ok": rep.ok, "rows": rep.rows}
+    click.echo(f"      list them: blurset -w {ws.root} release list")
+    return out

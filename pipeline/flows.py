@@ -195,3 +195,45 @@ def pull_flow(workspace: str, project: str, export_dir: str | None = None) -> di
         {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}],
         description=f"blurset annotate pull of {project}")
     return report
+
+
+@task(name="release-build", cache_policy=NO_CACHE)
+def release_task(workspace: str, name: str, version: str, from_sources: list[str] | None,
+                 projects: list[str] | None, split: str, split_file, shard_bytes: int,
+                 license: str, out_root: str | None, show_progress: bool) -> dict:
+    from dataclasses import asdict
+
+    from pipeline.releases import build_release
+    ws = Workspace.open(workspace)
+    catalog = ws.catalog()
+    try:
+        with tqdm(desc=f"release {name} {version}", unit="img", disable=not show_progress) as bar:
+            info = build_release(ws, catalog, name, version, from_sources=from_sources,
+                                 projects=projects, split=split, split_file=split_file,
+                                 shard_bytes=shard_bytes, license=license, out_root=out_root,
+                                 progress=bar.update)
+    finally:
+        catalog.close()
+    out = asdict(info)
+    out["path"] = str(info.path)
+    return out
+
+
+@flow(name="release-build")
+def release_flow(workspace: str, name: str, version: str, from_sources: list[str] | None = None,
+                 projects: list[str] | None = None, split: str = "train=0.8,test=0.2",
+                 split_file=None, shard_bytes: int = 256 * 2**20, license: str = "other",
+                 out_root: str | None = None, show_progress: bool = True) -> dict:
+    """Build ``releases/NAME/VERSION`` (written aside, renamed into place when complete).
+
+    No retries: a failed build leaves nothing behind, and the user re-runs it after a fix.
+    """
+    info = release_task(workspace, name, version, from_sources, projects, split, split_file,
+                        shard_bytes, license, out_root, show_progress)
+    create_table_artifact(key=f"release-{_slug(name)}", table=[
+        {"name": info["name"], "version": info["version"], "rows": info["rows"],
+         "parent": info["parent"], "path": info["path"],
+         **{f"split_{k}": v for k, v in info["splits"].items()},
+         **{f"dropped_{k}": v for k, v in info["dropped"].items()}}],
+        description=f"blurset release {name} {version}")
+    return info

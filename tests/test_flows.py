@@ -123,3 +123,51 @@ def test_cli_errors_are_clear_and_change_nothing(prefect_harness, sample, tmp_pa
     r = CliRunner().invoke(cli, ["-w", str(ws), "dedup", "--reference", "nope"])
     assert r.exit_code == 1 and "not in the catalog" in r.output
     assert "images: 0" in run(ws, "status")
+
+
+def test_release_verbs_through_the_cli(prefect_harness, sample, tmp_path):
+    """build (Prefect flow) → list → verify → diff → publish, and the refusals, via `blurset`."""
+    ws = tmp_path / "ws"
+    for kind, name in SAMPLE_SOURCES[:1]:
+        run(ws, "ingest", "--kind", kind, "--name", name, str(sample / name))
+    out = run(ws, "release", "build", "cuhk-sample", "1.0.0", "--from-source", "cuhk",
+              "--split", "train=0.75,test=0.25")
+    path = ws / "releases" / "cuhk-sample" / "1.0.0"
+    assert str(path) in out and (path / "manifest.json").is_file()
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["rows"] > 0 and f"{manifest['rows']} images" in out
+    assert "cuhk-sample" in run(ws, "release", "list") and "1.0.0" in run(ws, "release", "list")
+    assert "OK" in run(ws, "release", "verify", str(path))
+
+    # the same version again is refused, a bad version is refused; nothing changes
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    for version, message in [("1.0.0", "already exists"), ("1.0", "not a semantic version")]:
+        r = CliRunner().invoke(cli, ["-w", str(ws), "release", "build", "cuhk-sample", version,
+                                     "--from-source", "cuhk"])
+        assert r.exit_code == 1 and message in r.output, r.output
+    assert before == {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    # a new version with another split: the diff shows split changes only
+    run(ws, "release", "build", "cuhk-sample", "1.1.0", "--from-source", "cuhk",
+        "--split", "train=0.5,test=0.5")
+    diff = json.loads(run(ws, "release", "diff", str(path), str(path.parent / "1.1.0"),
+                          "--format", "json"))
+    assert diff["added"] == [] and diff["removed"] == [] and diff["mask_changed"] == []
+
+    dest = tmp_path / "published"
+    assert "published" in run(ws, "release", "publish", str(path), str(dest))
+    assert (dest / "cuhk-sample" / "1.0.0" / "manifest.json").is_file()
+    r = CliRunner().invoke(cli, ["release", "publish", str(path), str(dest)])
+    assert r.exit_code == 1 and "never overwritten" in r.output
+
+    # one flipped byte in a shard: verify names the file and exits 1; publish refuses
+    shard = min((path / "data").glob("*.parquet"))
+    shard.chmod(0o644)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    r = CliRunner().invoke(cli, ["release", "verify", str(path)])
+    assert r.exit_code == 1 and shard.name in r.output
+    r = CliRunner().invoke(cli, ["release", "publish", str(path), str(tmp_path / "elsewhere")])
+    assert r.exit_code == 1 and "failed verification" in r.output
+    assert not (tmp_path / "elsewhere" / "cuhk-sample" / "1.0.0").exists()
