@@ -1,0 +1,537 @@
+"""Training data straight from a release's Parquet shards (DESIGN.md, "Data contracts: Release").
+
+``model/`` reads releases by their contract only (``manifest.json`` + ``data/*.parquet``), never
+through ``pipeline/``:
+
+- :func:`resolve_release` turns ``NAME@VERSION[:SPLIT]`` (or a release folder's path) into a
+  :class:`ReleaseRef`: name, version, folder, the shards with their sha256 and a ``fingerprint``
+  that checkpoints record as provenance.
+- :class:`ReleaseDataset` is a map-style dataset over one split. It indexes the shards' row groups
+  from their footers, reads only the row group a sample lives in (image, mask and id columns), and
+  keeps the last few decoded row groups in a small LRU: nothing is unpacked to folders.
+- :class:`GroupedSampler` shuffles row groups, then the samples within each, so consecutive
+  samples share a row group (and the LRU hits). Rows are sorted by id, a sha256, so a row group is
+  already a random draw from its split and this order shuffles about as well as a full shuffle.
+  It also splits the order between torch.distributed ranks, as ``DistributedSampler`` does; the
+  dataset works with ``DistributedSampler`` too.
+
+A sample is ``(image (3, S, S) float32 RGB in [0, 1], mask (1, S, S) float32 in [0, 1]
+(1 = blurred), id)``, S = ``input_size`` (352 in the paper). The image is not mean/std-normalised:
+:class:`model.dpn.DPN` does that itself (``normalize=True`` gives ImageNet-normalised images for
+other models).
+
+Augmentation (DPN paper, training details: copies rotated by 90°, 180°, 270° and rescaled to
+176×176 and 88×88) is **dataset expansion**: each image appears once as itself and once as each
+copy (:attr:`Augment.variants`: 1 + 3 rotations + 2 rescales = 6 samples per image by default).
+A rescaled copy keeps its batch size uniform by **tiling**: the image is resized to s×s and
+repeated to fill S×S (2×2 copies at 176 of 352, 4×4 at 88), the mask likewise. Resizing it down
+and back up (``rescale_mode: resize``) is offered too, but it blurs the whole image while the mask
+still calls the sharp parts sharp, which teaches the wrong thing; tiling keeps every region's
+sharpness at the scale of the smaller image, which is what the paper's small copies show the
+network. A random horizontal flip (``hflip``) draws from torch's RNG (seeded per epoch and worker
+by the trainer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, Sampler
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Augment",
+    "GroupedSampler",
+    "ReleaseDataset",
+    "ReleaseNotFoundError",
+    "ReleaseRef",
+    "ReleaseSpecError",
+    "Shard",
+    "Variant",
+    "decode_pair",
+    "default_releases_root",
+    "make_sample",
+    "resolve_release",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MANIFEST = "manifest.json"
+RELEASES_ENV = "BLURSET_RELEASES"
+_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<version>[0-9A-Za-z.+-]+)"
+                   r"(?::(?P<split>[A-Za-z][A-Za-z0-9_]*))?$")
+_SPLIT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_SHARD_NAME = re.compile(r"^(?:.*/)?([A-Za-z][A-Za-z0-9_]*)-\d{5}-of-\d{5}\.parquet$")
+_COLUMNS = ["id", "image", "mask"]
+
+
+class ReleaseSpecError(ValueError):
+    """A release spec or manifest cannot be understood; the message says what was expected."""
+
+
+class ReleaseNotFoundError(FileNotFoundError):
+    """No release at the place a spec names; the message lists what exists there."""
+
+
+# --------------------------------------------------------------------------------------------
+# Releases
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One Parquet file of a release, as its manifest lists it."""
+
+    file: str  # relative to the release folder: data/{split}-{i:05d}-of-{n:05d}.parquet
+    split: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReleaseRef:
+    """A release (or one split of it) resolved from its manifest.
+
+    ``fingerprint`` is the sha256 of the release's shard list (``"{file}\\t{sha256}\\n"`` per
+    shard, sorted by file): equal fingerprints mean byte-identical data. ``split`` is the split
+    the spec named (``NAME@VERSION:SPLIT``), or None for "the caller's default".
+    """
+
+    name: str
+    version: str
+    path: Path
+    shards: tuple[Shard, ...]
+    fingerprint: str
+    split: str | None = None
+    manifest: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}" + (f":{self.split}" if self.split else "")
+
+    def splits(self) -> dict[str, int]:
+        """{split: rows} over the shards, in the order they first appear."""
+        out: dict[str, int] = {}
+        for s in self.shards:
+            out[s.split] = out.get(s.split, 0) + s.rows
+        return out
+
+    def shards_of(self, split: str) -> tuple[Shard, ...]:
+        found = tuple(s for s in self.shards if s.split == split)
+        if not found:
+            have = ", ".join(f"{k} ({n} rows)" for k, n in self.splits().items()) or "none"
+            raise ReleaseSpecError(f"release {self.name}@{self.version} has no split {split!r}; "
+                                   f"its splits: {have} (choose one with "
+                                   f"{self.name}@{self.version}:SPLIT)")
+        return found
+
+    def with_split(self, split: str) -> ReleaseRef:
+        """This release with ``split`` chosen (checked to exist)."""
+        self.shards_of(split)
+        return ReleaseRef(self.name, self.version, self.path, self.shards, self.fingerprint,
+                          split, self.manifest)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a checkpoint records about the data it was trained or validated on."""
+        used = self.shards_of(self.split) if self.split else self.shards
+        return {"name": self.name, "version": self.version, "path": str(self.path),
+                "split": self.split, "rows": sum(s.rows for s in used),
+                "fingerprint": self.fingerprint,
+                "shards": [{"file": s.file, "sha256": s.sha256, "rows": s.rows} for s in used]}
+
+
+def default_releases_root() -> Path:
+    """``$BLURSET_RELEASES``, else ``./releases`` (read when called, not at import)."""
+    return Path(os.environ.get(RELEASES_ENV) or "releases")
+
+
+def _shard_split(entry: dict) -> str:
+    split = entry.get("split")
+    if isinstance(split, str) and _SPLIT.match(split):
+        return split
+    m = _SHARD_NAME.match(str(entry.get("path", "")))
+    if not m:
+        raise ReleaseSpecError(f"shard {entry.get('path')!r} names no split: expected "
+                               "data/{split}-{i:05d}-of-{n:05d}.parquet")
+    return m.group(1)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ReleaseNotFoundError(f"no release folder at {folder}")
+    if not path.is_file():
+        raise ReleaseNotFoundError(
+            f"{folder} has no {MANIFEST}: it is not a release, or an incomplete one (a release "
+            "is complete once its manifest is written; build it again with `blurset release`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ReleaseSpecError(f"{path} is not a release manifest: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ReleaseSpecError(f"{path} is not a release manifest: it has no 'shards' list")
+    return manifest
+
+
+def _ref_from_folder(folder: Path, split: str | None) -> ReleaseRef:
+    manifest = _read_manifest(folder)
+    shards = []
+    for entry in manifest["shards"]:
+        try:
+            shards.append(Shard(str(entry["path"]), _shard_split(entry), int(entry["rows"]),
+                                str(entry["sha256"])))
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, ReleaseSpecError):
+                raise
+            raise ReleaseSpecError(f"{folder / MANIFEST}: shard entry {entry!r} lacks path, rows "
+                                   f"or sha256 ({e})") from None
+    shards.sort(key=lambda s: s.file)
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(f"{s.file}\t{s.sha256}\n".encode())
+    name = str(manifest.get("name") or folder.parent.name)
+    version = str(manifest.get("version") or folder.name)
+    ref = ReleaseRef(name, version, folder.resolve(), tuple(shards), h.hexdigest(), None, manifest)
+    return ref.with_split(split) if split else ref
+
+
+def resolve_release(spec: str | os.PathLike, releases_root: str | os.PathLike | None = None
+                    ) -> ReleaseRef:
+    """``NAME@VERSION``, ``NAME@VERSION:SPLIT`` or a release folder's path (optionally
+    ``PATH:SPLIT``) → :class:`ReleaseRef`, read from its ``manifest.json``.
+
+    ``releases_root`` (for ``NAME@VERSION``) defaults to :func:`default_releases_root`.
+    Raises :class:`ReleaseNotFoundError` (naming the releases or versions that do exist) or
+    :class:`ReleaseSpecError` (bad syntax, unknown split, unreadable manifest).
+    """
+    text = os.fspath(spec)
+    if not isinstance(text, str) or not text.strip():
+        raise ReleaseSpecError(f"release spec {spec!r} is empty; write NAME@VERSION (e.g. "
+                               "szu-bd@1.0.0), NAME@VERSION:SPLIT or a release folder's path")
+    if Path(text).is_dir():
+        return _ref_from_folder(Path(text), None)
+    head, sep, tail = text.rpartition(":")
+    if sep and _SPLIT.match(tail) and Path(head).is_dir():
+        return _ref_from_folder(Path(head), tail)
+    m = _SPEC.match(text)
+    if not m:
+        if "/" in text or os.sep in text or text.startswith("."):
+            raise ReleaseNotFoundError(f"no release folder at {text}")
+        raise ReleaseSpecError(f"release spec {text!r} is not NAME@VERSION[:SPLIT] (e.g. "
+                               "szu-bd@1.0.0 or szu-bd@1.0.0:test) nor a release folder's path")
+    root = Path(releases_root) if releases_root is not None else default_releases_root()
+    name, version, split = m.group("name", "version", "split")
+    folder = root / name / version
+    if not (folder / MANIFEST).is_file():
+        if not (root / name).is_dir():
+            names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise ReleaseNotFoundError(
+                f"no release named {name!r} under {root}; releases there: "
+                f"{', '.join(names) or 'none'} (set the root with --releases-root or "
+                f"${RELEASES_ENV})")
+        versions = sorted(p.name for p in (root / name).iterdir() if (p / MANIFEST).is_file())
+        if not folder.is_dir():
+            raise ReleaseNotFoundError(f"release {name} has no version {version} under {root}; "
+                                       f"versions: {', '.join(versions) or 'none'}")
+    return _ref_from_folder(folder, split)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One copy of an image: ``rotation`` quarter turns counter-clockwise, then (optionally)
+    shown at ``scale``×``scale`` pixels (tiled or resized back to the input size)."""
+
+    rotation: int = 0
+    scale: int | None = None
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The paper's training-set expansion, switchable (the ``augment:`` block of a config)."""
+
+    rotations: bool = True  # + copies rotated by 90°, 180°, 270°
+    rescales: tuple[int, ...] = (176, 88)  # + copies at these sizes (pixels, < input_size)
+    hflip: bool = False  # random horizontal flip of every sample
+    rescale_mode: str = "tile"  # tile | resize (down to the size, then back up)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rescales", tuple(int(s) for s in self.rescales))
+        if self.rescale_mode not in ("tile", "resize"):
+            raise ValueError(f"augment.rescale_mode {self.rescale_mode!r} must be 'tile' or "
+                             "'resize'")
+        if any(s < 8 for s in self.rescales):
+            raise ValueError(f"augment.rescales {list(self.rescales)} must be sizes ≥ 8 pixels")
+
+    @classmethod
+    def none(cls) -> Augment:
+        return cls(rotations=False, rescales=(), hflip=False)
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """Every copy each image appears as: itself, its rotations, its rescales."""
+        out = [Variant()]
+        if self.rotations:
+            out += [Variant(rotation=k) for k in (1, 2, 3)]
+        out += [Variant(scale=s) for s in self.rescales]
+        return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rotations": self.rotations, "rescales": list(self.rescales),
+                "hflip": self.hflip, "rescale_mode": self.rescale_mode}
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit/float grey: scale to 8 bits
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def decode_pair(image: bytes, mask: bytes, size_hint: int, row_id: str = "?"
+                ) -> tuple[Image.Image, Image.Image]:
+    """Image bytes → RGB upright (EXIF orientation applied, as the release's width/height);
+    mask bytes → L. JPEGs are decoded at a reduced scale when that still leaves ≥ ``size_hint``
+    pixels a side. Raises ``ValueError`` when the mask's size is not the image's."""
+    with Image.open(io.BytesIO(image)) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
+            w, h = h, w
+        if im.format == "JPEG":
+            im.draft("RGB", (size_hint, size_hint))
+        upright = ImageOps.exif_transpose(im)
+        rgb = _to_rgb(upright)
+    with Image.open(io.BytesIO(mask)) as m:
+        grey = m.convert("L")
+    if grey.size != (w, h):
+        raise ValueError(f"row {row_id}: mask is {grey.size[0]}×{grey.size[1]} but the image "
+                         f"is {w}×{h} (after EXIF orientation); the release is inconsistent "
+                         "(check it with pipeline.releases.verify_release)")
+    return rgb, grey
+
+
+def _tile(im: Image.Image, scale: int, size: int) -> Image.Image:
+    small = im.resize((scale, scale), Image.Resampling.BILINEAR)
+    reps = math.ceil(size / scale)
+    arr = np.tile(np.asarray(small), (reps, reps) + (1,) * (np.asarray(small).ndim - 2))
+    return Image.fromarray(np.ascontiguousarray(arr[:size, :size]))
+
+
+def make_sample(image: Image.Image, mask: Image.Image, size: int, variant: Variant = Variant(),
+                *, rescale_mode: str = "tile", flip: bool = False, normalize: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB image, L mask) → (image (3, S, S) in [0, 1], or ImageNet-normalised with
+    ``normalize``; mask (1, S, S) in [0, 1]).
+
+    Both are resized with bilinear filtering (antialiased when shrinking), so the mask's edges
+    become fractions (a soft target); then the variant's rescale, rotation and the flip apply.
+    """
+    if variant.scale is not None and variant.scale < size:
+        if rescale_mode == "tile":
+            image, mask = _tile(image, variant.scale, size), _tile(mask, variant.scale, size)
+        else:  # resize: down to the scale, back up (blurs everything; see the module's doc)
+            small = image.resize((variant.scale, variant.scale), Image.Resampling.BILINEAR)
+            image = small.resize((size, size), Image.Resampling.BILINEAR)
+            mask = mask.resize((size, size), Image.Resampling.BILINEAR)
+    else:
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+        mask = mask.resize((size, size), Image.Resampling.BILINEAR)
+    img = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
+    msk = np.asarray(mask, dtype=np.float32) / 255.0  # (S, S)
+    if variant.rotation:
+        img, msk = np.rot90(img, variant.rotation), np.rot90(msk, variant.rotation)
+    if flip:
+        img, msk = img[:, ::-1], msk[:, ::-1]
+    if normalize:
+        img = (img - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, S, S)
+    y = torch.from_numpy(np.ascontiguousarray(msk))[None]  # (1, S, S)
+    return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+
+
+class ReleaseDataset(Dataset):
+    """One split of a release as ``(image, mask, id)`` samples; see the module's doc.
+
+    Args:
+        release: from :func:`resolve_release`.
+        split: the split to read; defaults to ``release.split``.
+        input_size: side S of the square samples.
+        augment: expansion and flip; None = every image once, as it is (validation).
+        cache_row_groups: decoded row groups kept per process (each DataLoader worker has its
+            own); a row group holds up to 64 images / 8 MB in releases written by blurset.
+        normalize: ImageNet mean/std-normalise the images (not for the DPN, which does it).
+
+    ``len`` = rows × ``len(augment.variants)``; index ``i`` is row ``i // V``, variant ``i % V``.
+    """
+
+    def __init__(self, release: ReleaseRef, split: str | None = None, *, input_size: int = 352,
+                 augment: Augment | None = None, cache_row_groups: int = 4,
+                 normalize: bool = False):
+        split = split or release.split
+        if not split:
+            raise ReleaseSpecError(f"choose a split of {release.name}@{release.version}: "
+                                   f"{', '.join(release.splits())}")
+        if input_size < 16:
+            raise ValueError(f"input_size {input_size} is too small (≥ 16 pixels)")
+        self.release = release
+        self.split = split
+        self.input_size = int(input_size)
+        self.augment = augment or Augment.none()
+        if bad := [s for s in self.augment.rescales if s >= self.input_size]:
+            raise ValueError(f"augment.rescales {bad} must be smaller than input_size "
+                             f"{self.input_size} (the paper: 176 and 88 for 352)")
+        self.variants = self.augment.variants
+        self.cache_row_groups = max(1, int(cache_row_groups))
+        self.normalize = bool(normalize)
+        self.files: list[Path] = []
+        index: list[tuple[int, int, int]] = []  # (file, row group, row within it) per row
+        self.row_groups: list[tuple[int, int]] = []  # (file, row group) per row group
+        for shard in release.shards_of(split):
+            path = release.path / shard.file
+            if not path.is_file():
+                raise ReleaseNotFoundError(f"shard {shard.file} of {release.spec} is missing "
+                                           f"({path})")
+            meta = pq.read_metadata(path)
+            if meta.num_rows != shard.rows:
+                raise ReleaseSpecError(f"{path}: {meta.num_rows} rows, the manifest says "
+                                       f"{shard.rows}: the release was changed after publishing")
+            f = len(self.files)
+            self.files.append(path)
+            for g in range(meta.num_row_groups):
+                self.row_groups.append((f, g))
+                index += [(f, g, r) for r in range(meta.row_group(g).num_rows)]
+        self._index = index
+        self._open: dict[int, pq.ParquetFile] = {}
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+
+    @property
+    def rows(self) -> int:
+        return len(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index) * len(self.variants)
+
+    @property
+    def groups(self) -> list[range]:
+        """The dataset indices of each row group (consecutive), for :class:`GroupedSampler`."""
+        counts: dict[tuple[int, int], int] = {}
+        for f, g, _ in self._index:  # a row group's rows are consecutive in the index
+            counts[(f, g)] = counts.get((f, g), 0) + 1
+        out, start, v = [], 0, len(self.variants)
+        for key in self.row_groups:
+            n = counts.get(key, 0) * v
+            out.append(range(start, start + n))
+            start += n
+        return out
+
+    def __getstate__(self) -> dict:  # open files and decoded groups stay in their process
+        state = self.__dict__.copy()
+        state["_open"], state["_cache"] = {}, OrderedDict()
+        return state
+
+    def _row_group(self, f: int, g: int) -> pa.Table:
+        key = (f, g)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if f not in self._open:
+            self._open[f] = pq.ParquetFile(self.files[f])
+        table = self._open[f].read_row_group(g, columns=_COLUMNS)
+        self._cache[key] = table
+        while len(self._cache) > self.cache_row_groups:
+            self._cache.popitem(last=False)
+        return table
+
+    def load(self, row: int) -> tuple[Image.Image, Image.Image, str]:
+        """Row ``row`` of the split, decoded: (RGB image, L mask, id) at the original size."""
+        f, g, r = self._index[row]
+        table = self._row_group(f, g)
+        row_id = table.column("id")[r].as_py()
+        image = table.column("image")[r].as_py()
+        mask = table.column("mask")[r].as_py()
+        if not image or not image.get("bytes") or not mask or not mask.get("bytes"):
+            raise ValueError(f"row {row_id} of {self.files[f].name} has no image or mask bytes")
+        im, m = decode_pair(image["bytes"], mask["bytes"], self.input_size, row_id)
+        return im, m, row_id
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        row, v = divmod(index, len(self.variants))
+        image, mask, row_id = self.load(row)
+        flip = bool(self.augment.hflip and torch.rand(()).item() < 0.5)
+        x, y = make_sample(image, mask, self.input_size, self.variants[v],
+                           rescale_mode=self.augment.rescale_mode, flip=flip,
+                           normalize=self.normalize)
+        return x, y, row_id
+
+
+class GroupedSampler(Sampler[int]):
+    """Shuffles row groups, then the samples within each, with a seed per epoch
+    (``set_epoch``); with ``num_replicas`` > 1 pads the order to a multiple of it (repeating
+    its start) and gives rank ``r`` every ``num_replicas``-th index from ``r``, so every rank
+    gets the same number of samples, as ``DistributedSampler``. ``shuffle=False`` keeps the
+    dataset's order."""
+
+    def __init__(self, groups: Sequence[range], *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} not in [0, {num_replicas})")
+        self.groups = list(groups)
+        self.shuffle, self.seed = shuffle, int(seed)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.epoch = 0
+        total = sum(len(g) for g in self.groups)
+        self.num_samples = math.ceil(total / self.num_replicas) if total else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self) -> list[int]:
+        """The whole order (all ranks, padded), for this epoch."""
+        if not self.shuffle:
+            order = [i for g in self.groups for i in g]
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = []
+            for k in torch.randperm(len(self.groups), generator=gen).tolist():
+                g = self.groups[k]
+                order += [g[j] for j in torch.randperm(len(g), generator=gen).tolist()]
+        total = self.num_samples * self.num_replicas
+        while order and len(order) < total:
+            order += order[: total - len(order)]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
