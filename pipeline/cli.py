@@ -466,6 +466,11 @@ def release_publish(path: str, url: str, options: tuple[str, ...]) -> None:
     click.echo(f"published {path} -> {dest}")
 
 
+from pipeline import cli_model  # the model verbs need `cli` and `pass_ctx` above
+
+cli_model.register(cli)
+
+
 def main() -> None:
     cli(prog_name="blurset")
 
