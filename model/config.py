@@ -196,6 +196,9 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if unknown := [k for k in value if k not in valid]:
             raise ConfigError(f"{where}: unknown key(s) augment.{', augment.'.join(unknown)}; "
                               f"valid keys: {', '.join(valid)}")
+        if "crop" in value and (isinstance(value["crop"], bool)
+                                or not isinstance(value["crop"], (int, float))):
+            raise ConfigError(f"{where}: augment.crop = {value['crop']!r} is not a number in [0, 1]")
         for flag in ("rotations", "hflip"):
             if flag in value and not isinstance(value[flag], bool):
                 raise ConfigError(f"{where}: augment.{flag} = {value[flag]!r} is not true/false")

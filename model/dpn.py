@@ -85,9 +85,9 @@ SIZE_MULTIPLE = 16  # four 2× poolings between F1 (H) and F5 (H/16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# torchvision vgg16.features indices of each stage: conv blocks 1-5 with the pooling that precedes
-# blocks 2-5 (pool5, index 30, is dropped). Keys stay `features.<index>.*` as in torchvision.
-_STAGE_BOUNDS = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
+# Stages of torchvision's vgg16.features: conv blocks 1-5 with the pooling that precedes blocks 2-5
+# ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30); pool5 is dropped), found from the layers so that
+# the BN layout works too. Keys stay `features.<index>.*` as in torchvision.
 _VGG16_CFG = _VGG_CFGS["D"]  # [64, 64, 'M', 128, 128, 'M', 256×3, 'M', 512×3, 'M', 512×3, 'M']
 _VGG16_STAGE_CHANNELS = (64, 128, 256, 512, 512)
 
@@ -111,6 +111,9 @@ class DPNConfig:
             each step taking the previous step's output as context; 1 = no recurrence.
         boundary_refinement: put a boundary refinement block before every output map.
         distinction_kernel: side of the local mean the distinction block subtracts (odd).
+        batch_norm: VGG-16-BN backbone (torchvision's ``vgg16_bn`` layout, a BatchNorm after
+            every convolution). Not the paper's; it makes training from scratch converge in
+            minutes (the CPU demo). Pretrained weights must then be a ``vgg16_bn`` state dict.
     """
 
     variant: str = "deb+bl"
@@ -119,6 +122,7 @@ class DPNConfig:
     recurrent_steps: int = 2
     boundary_refinement: bool = True
     distinction_kernel: int = 3
+    batch_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -143,6 +147,8 @@ class DPNConfig:
                 f"distinction_kernel must be odd to keep the feature size, got "
                 f"{self.distinction_kernel}; use {self.distinction_kernel + 1}"
             )
+        if not isinstance(self.batch_norm, bool):
+            raise TypeError(f"batch_norm must be True or False, got {self.batch_norm!r}")
         if not isinstance(self.boundary_refinement, bool):
             raise TypeError(
                 f"boundary_refinement must be True or False, got {self.boundary_refinement!r}"
@@ -189,10 +195,14 @@ class VGG16Backbone(nn.Module):
     ``torchvision.models.vgg16().features`` (minus pool5, which has no parameters).
     """
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, batch_norm: bool = False) -> None:
         super().__init__()
         cfg = [v if v == "M" else _scaled(int(v), width) for v in _VGG16_CFG]
-        self.features = _vgg_make_layers(cfg, batch_norm=False)[: _STAGE_BOUNDS[-1][1]]
+        layers = _vgg_make_layers(cfg, batch_norm=batch_norm)
+        # stage i runs from the pooling before it (none for stage 1) to the next pooling
+        pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+        self.bounds = tuple(zip([0, *pools[:4]], pools, strict=True))
+        self.features = layers[: pools[-1]]  # pool5 dropped
         self.channels = tuple(_scaled(c, width) for c in _VGG16_STAGE_CHANNELS)
         for m in self.features.modules():  # torchvision's VGG initialisation
             if isinstance(m, nn.Conv2d):
@@ -201,7 +211,7 @@ class VGG16Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
-        for start, stop in _STAGE_BOUNDS:
+        for start, stop in self.bounds:
             for index in range(start, stop):
                 x = self.features[index](x)
             feats.append(x)
@@ -347,7 +357,7 @@ class DPN(nn.Module):
     def __init__(self, config: DPNConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else DPNConfig()
-        self.backbone = VGG16Backbone(self.config.width)
+        self.backbone = VGG16Backbone(self.config.width, self.config.batch_norm)
         self.levels = nn.ModuleList(PyramidLevel(c, self.config) for c in self.backbone.channels)
         for m in self.levels.modules():
             if isinstance(m, nn.Conv2d):
@@ -434,7 +444,8 @@ def load_backbone_weights(model: DPN, state: Mapping[str, Tensor]) -> None:
     if missing:
         raise ValueError(
             f"backbone weights lack {len(missing)} VGG-16 tensor(s), e.g. {missing[0]!r}: expected "
-            f"a vgg16 (not vgg16_bn or another VGG) state dict{width_hint}"
+            f"a {'vgg16_bn' if model.config.batch_norm else 'vgg16'} state dict (batch_norm="
+            f"{model.config.batch_norm} in the model config){width_hint}"
         )
     for key in sorted(own, key=_key_order):
         if tuple(given[key].shape) != tuple(own[key].shape):

@@ -143,7 +143,7 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
 
 
 def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, baselines: bool,
-                      name: str, releases_root: str | None) -> dict:
+                      name: str, releases_root: str | None, whole: bool = False) -> dict:
     from tqdm import tqdm
 
     from model.crosscheck import default_split, score_on_release
@@ -151,7 +151,7 @@ def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, bas
     from model.evaluate import BASELINES
     model, _meta, size = _load(checkpoint)
     ref = resolve_release(spec, _root(c, releases_root))
-    split = split or default_split(ref)
+    split = split or (ref.split if whole else default_split(ref))
     rows = sum(n for s, n in ref.splits().items() if split in (None, s))
     with tqdm(total=rows, desc=f"score {ref.name}@{ref.version}:{split or 'all'}",
               unit="img") as bar:
@@ -186,7 +186,7 @@ def _write_json(results: dict, paths: dict, path: Path) -> None:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Use this trained DPN instead of training one.")
 @click.option("--test", "test_spec", required=True, metavar="NAME@VERSION[:SPLIT]",
-              help="Release to test on (split: test if it has one, else all of it).")
+              help="Release to test on: all of it (nothing of it was trained on), or :SPLIT.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Training config (needed with --train).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config overrides.")
@@ -212,7 +212,8 @@ def crosscheck(c: Ctx, train_spec: str | None, checkpoint: str | None, test_spec
                        _root(c, releases_root))
             _print_result(r)
             checkpoint = str(r.best_checkpoint)
-        results = _score_checkpoint(c, checkpoint, test_spec, None, True, "DPN", releases_root)
+        results = _score_checkpoint(c, checkpoint, test_spec, None, True, "DPN", releases_root,
+                                    whole=True)
         paths = _write(results, str(out_dir / "report"), force=True)
     except _model_errors() as e:
         raise click.ClickException(str(e)) from None

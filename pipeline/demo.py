@@ -42,7 +42,7 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     from pipeline.flows import dedup_flow, ingest_flow
     from pipeline.sample import write_sample
 
-    steps = 8 if annotate else 5
+    steps = 10 if annotate else 5
     sample_dir = demo_dir / "sample"
     if not (sample_dir / "truth.json").exists():
         click.echo(f"[1/{steps}] writing the bundled sample to {sample_dir}")
@@ -81,8 +81,10 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     result = {"dedup": s, "truth": score, "sheet": str(sheet)}
     if annotate:
         result["annotation"] = _annotate(demo_dir, ws, catalog, sample_dir, steps)
-    result["releases"] = _releases(ws, steps, with_annotations=annotate)
+    result["releases"] = _releases(ws, 8 if annotate else 5, steps, with_annotations=annotate)
     catalog.close()
+    if annotate:
+        result["dpn"] = _dpn(demo_dir, ws, steps)
     return result
 
 
@@ -128,13 +130,13 @@ DEMO_RELEASES = [("cuhk-sample", "1.0.0", {"from_sources": ["cuhk"]}),
                  ("szubd-sample", "1.0.0", {"projects": [DEMO_PROJECT]})]
 
 
-def _releases(ws: Workspace, steps: int, with_annotations: bool) -> dict:
+def _releases(ws: Workspace, step: int, steps: int, with_annotations: bool) -> dict:
     """Build (or reuse) the two sample releases and verify them."""
     from pipeline.flows import release_flow
     from pipeline.releases import verify_release
 
     wanted = DEMO_RELEASES if with_annotations else DEMO_RELEASES[:1]
-    click.echo(f"[{steps}/{steps}] releases (Prefect flow 'release-build'): Parquet shards, "
+    click.echo(f"[{step}/{steps}] releases (Prefect flow 'release-build'): Parquet shards, "
                "manifest, dataset card")
     out = {}
     for name, version, what in wanted:
@@ -152,3 +154,45 @@ def _releases(ws: Workspace, steps: int, with_annotations: bool) -> dict:
         out[name] = {"path": str(path), "ok": rep.ok, "rows": rep.rows}
     click.echo(f"      list them: blurset -w {ws.root} release list")
     return out
+
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dpn-small.yaml"
+
+
+def _dpn(demo_dir: Path, ws: Workspace, steps: int) -> dict:
+    """Train a small DPN on cuhk-sample, then the cross-dataset check on szubd-sample."""
+    from model.config import load_config
+    from model.crosscheck import score_on_release, write_scores
+    from model.data import resolve_release
+    from model.evaluate import format_table
+    from model.train import load_checkpoint
+    from model.train import main as train_main
+
+    root = ws.root / "releases"
+    run = demo_dir / "dpn"
+    config = load_config(DEMO_CONFIG)
+    resume = (run / "checkpoints" / "last.pt").exists()
+    click.echo(f"[{steps - 1}/{steps}] training a small DPN on cuhk-sample 1.0.0 ({DEMO_CONFIG.name}: "
+               f"width {config.model.get('width')}, input {config.input_size}², at most "
+               f"{config.max_steps} steps; CPU)" + (" — resuming/reusing the run" if resume else ""))
+    r = train_main(config, train=resolve_release("cuhk-sample@1.0.0", root), val=None,
+                   out_dir=run, resume=resume)
+    click.echo(f"      {r.epochs} epochs, {r.steps} steps, {r.seconds:.0f} s; "
+               f"checkpoint {r.last_checkpoint.resolve()}")
+    click.echo(f"[{steps}/{steps}] cross-dataset check: DPN and the handcrafted maps on all of "
+               "szubd-sample 1.0.0 (never trained on)")
+    model, _ = load_checkpoint(r.last_checkpoint)
+    test = resolve_release("szubd-sample@1.0.0", root)
+    results = score_on_release(test, None, model=model, input_size=config.input_size)
+    paths = write_scores(results, demo_dir / "crosscheck", force=True)
+    for line in format_table(results).splitlines():
+        click.echo(f"      {line}")
+    dpn = results["DPN"].metrics
+    beats = all(dpn["mae"] < results[b].metrics["mae"] and dpn["max_f"] > results[b].metrics["max_f"]
+                for b in results if b != "DPN")
+    click.echo("      DPN beats both handcrafted baselines on MAE and max F" if beats else
+               "      DPN does NOT beat both handcrafted baselines on MAE and max F here")
+    click.echo(f"      table:    {paths['table'].resolve()}")
+    click.echo(f"      PR curve: {paths['pr_curve.png'].resolve()}")
+    return {"checkpoint": str(r.last_checkpoint), "beats_baselines": beats,
+            "metrics": {k: {m: v.metrics[m] for m in ("mae", "max_f")} for k, v in results.items()}}

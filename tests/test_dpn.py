@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from model.dpn import VARIANTS, DPNConfig, build_dpn, count_flops
+from model.dpn import VARIANTS, DPNConfig, build_dpn, count_flops, load_backbone_weights
 from model.losses import boundary_loss, dpn_loss, sobel_magnitude
 
 TINY = 0.125  # width multiplier of the test models: F1…F5 have 8, 16, 32, 64, 64 channels
@@ -69,7 +69,8 @@ def test_every_variant_gives_maps_at_every_scale(variant):
     ("variant", "options"),
     [(v, {}) for v in VARIANTS]
     + [("deb", {"recurrent_steps": 1, "boundary_refinement": False}),
-       ("deb", {"recurrent_steps": 3, "distinction_kernel": 5})],
+       ("deb", {"recurrent_steps": 3, "distinction_kernel": 5}),
+       ("deb+bl", {"batch_norm": True})],
 )
 def test_every_parameter_gets_a_finite_gradient(variant, options):
     model = tiny(variant, **options)
@@ -156,6 +157,22 @@ def test_backbone_weights_load_from_a_local_vgg16_file(tmp_path):
     assert all(torch.equal(got[k], state[k]) for k in got)
     decoder = next(iter(loaded.levels.parameters()))
     assert not torch.equal(decoder, next(iter(source.levels.parameters())))  # decoder untouched
+
+
+def test_batch_norm_backbone_has_torchvisions_vgg16_bn_layout():
+    import torchvision
+
+    model = build_dpn(DPNConfig(width=1.0, batch_norm=True))
+    reference = torchvision.models.vgg16_bn(weights=None).state_dict()
+    own = model.backbone.state_dict()
+    assert {k: v.shape for k, v in own.items()} == {
+        k: v.shape for k, v in reference.items() if k.startswith("features.")}
+    load_backbone_weights(model, reference)
+    assert torch.equal(model.backbone.state_dict()["features.41.running_mean"],
+                       reference["features.41.running_mean"])
+    plain = build_dpn(DPNConfig(width=1.0))
+    with pytest.raises(ValueError, match="vgg16 state dict"):
+        load_backbone_weights(plain, reference)
 
 
 def test_mismatched_backbone_weights_say_why(tmp_path):

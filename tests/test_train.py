@@ -197,6 +197,29 @@ def test_dataset_samples_and_augmentation(toy):
     assert not torch.equal(xs, aug[2 * v][0])
 
 
+def test_random_crops_keep_image_and_mask_aligned(toy):
+    plain = ReleaseDataset(toy, "train", input_size=64)
+    torch.manual_seed(0)
+    cropped = ReleaseDataset(toy, "train", input_size=64,
+                             augment=Augment(rotations=False, rescales=(), crop=0.5))
+    assert len(cropped) == 8
+    x0, _, _ = plain[1]
+    seen = []
+    for _ in range(4):
+        x, y, _ = cropped[1]
+        seen.append(x)
+        assert x.shape == (3, 64, 64) and 0 <= float(y.min()) and float(y.max()) <= 1
+        # the blurred part is the left one in every crop that holds both parts
+        if 0.05 < float(y.mean()) < 0.95:
+            assert float(y[0, :, :3].mean()) > float(y[0, :, -3:].mean())
+    assert not all(torch.equal(seen[0], s) for s in seen[1:])  # a new crop every time
+    assert not torch.equal(seen[0], x0)
+    with pytest.raises(ValueError, match="augment.crop"):
+        Augment(crop=1.5)
+    with pytest.raises(ConfigError, match="augment.crop"):
+        TrainConfig.from_dict({"augment": {"crop": "big"}})
+
+
 def test_grouped_sampler_and_workers(toy):
     ds = ReleaseDataset(toy, "train", input_size=32, augment=Augment(rescales=()))
     groups = ds.groups
