@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hashing.py
 	$(BIN)/python benchmarks/dedup_quality.py
 	$(BIN)/python benchmarks/dedup_search.py
+	$(BIN)/python benchmarks/release_write.py
+	$(BIN)/python benchmarks/dpn_inference.py
 
 clean:
 	rm -rf demo workspace .pytest_cache
