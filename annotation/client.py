@@ -226,6 +226,28 @@ class Client:
         return [p.model_dump() for p in self.sdk.predictions.list(task=task_id,
                                                                    request_options=self._opts())]
 
+    @_guarded("list the project's predictions")
+    def project_predictions(self, project_id: int) -> list[dict]:
+        """Every prediction of the project's tasks, with its ``task``, ``result``,
+        ``model_version``, ``score`` and ``created_at`` (the raw export holds only their ids)."""
+        return [p.model_dump(mode="json") for p in self.sdk.predictions.list(
+            project=project_id, request_options=self._opts())]
+
+    @_guarded("add predictions", retry_timeouts=False)
+    def create_predictions(self, project_id: int, predictions: Sequence[tuple[int, dict]]) -> int:
+        """Add ``(task id, {"model_version", "score", "result"})`` predictions in one request.
+
+        Label Studio keeps every prediction of a task, so this never touches the annotations
+        or the earlier predictions. Returns how many Label Studio created.
+        """
+        if not predictions:
+            return 0
+        request = [dict(p, task=task_id) for task_id, p in predictions]
+        r = self.sdk.projects.import_predictions(id=project_id, request=request,
+                                                 request_options=self._opts())
+        created = getattr(r, "created", None)
+        return int(created) if created is not None else len(request)
+
     def close(self) -> None:
         self._http.close()
         self._sdk_http.close()

@@ -57,7 +57,7 @@ class TrainConfig:
     scale_weights: tuple[float, ...] | None = None  # per output scale; None: dpn_loss default
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
-    num_workers: int = 2  # DataLoader worker processes (per process)
+    num_workers: int = 0  # DataLoader worker processes (per process); decoding is cheap here
     val_every: int = 1  # validate every N epochs (and after the last)
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
     backbone_weights: str | None = None  # torchvision VGG-16 state dict (.pth); None = random

@@ -188,9 +188,11 @@ def _read_torch(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, IndexError,
+            KeyError, TypeError) as e:  # garbage bytes raise any of these
         raise CheckpointError(f"{path} is not a blurset checkpoint: torch.load cannot read it "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              f"({type(e).__name__}; a file saved by `blurset train` holds a "
+                              f"dict with format {CHECKPOINT_FORMAT!r})"
                               ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         keys = ", ".join(list(ckpt)[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -418,15 +420,19 @@ def _main(config: TrainConfig, train: ReleaseRef, val: ReleaseRef | None, out_di
                              num_replicas=ddp.world_size, rank=ddp.rank)
     loader_gen = torch.Generator()
     pin = device.type == "cuda"
+    # Workers start from a fork server, not a fork of this process: a fork inherits whatever
+    # threads and exit handlers the caller runs (Prefect's, for one), and such workers died.
+    context = "forkserver" if config.num_workers > 0 else None
     train_loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
                               num_workers=config.num_workers, pin_memory=pin, drop_last=False,
-                              generator=loader_gen)
+                              generator=loader_gen, multiprocessing_context=context)
     val_loader = None
     if val is not None:
         val_ds = ReleaseDataset(val, input_size=config.input_size, augment=None)
         mine = Subset(val_ds, range(ddp.rank, len(val_ds), ddp.world_size))
         val_loader = DataLoader(mine, batch_size=config.batch_size, shuffle=False,
-                                num_workers=config.num_workers, pin_memory=pin)
+                                num_workers=config.num_workers, pin_memory=pin,
+                                multiprocessing_context=context)
 
     # Model, optimizer
     _seed_all(config.seed)

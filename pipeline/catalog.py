@@ -142,6 +142,10 @@ annotation_tasks = Table(
     Column("blur_type", String),
     Column("annotators", Text),  # JSON list of everyone who submitted an annotation
     Column("agreement_iou", Float),  # mean pairwise IoU of the annotators' latest masks
+    # the current annotation against the pre-label it started from (see labelling.pull)
+    Column("prelabel_version", String),  # model_version of the prediction compared
+    Column("prelabel_iou", Float),
+    Column("prelabel_accepted", Boolean),  # IoU ≥ 0.99 or the very same RLE
     Column("pushed_at", String, nullable=False),
     Column("updated_at", String, nullable=False),
     UniqueConstraint("server", "project_id", "image_id"),
@@ -249,6 +253,29 @@ class Catalog:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Add the nullable columns a newer blurset declares to a catalog made by an older one.
+
+        ``create_all`` creates missing tables only; an existing table keeps its columns, so a
+        column added later (e.g. ``annotation_tasks.prelabel_iou``) is added here with
+        ``ALTER TABLE … ADD COLUMN`` (SQLite and PostgreSQL alike). Only nullable columns are
+        ever added this way; anything else needs a real migration.
+        """
+        from sqlalchemy import inspect, text
+        insp = inspect(self.engine)
+        with self.engine.begin() as c:
+            for table in metadata.sorted_tables:
+                have = {col["name"] for col in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name in have:
+                        continue
+                    if not col.nullable:
+                        raise RuntimeError(f"catalog table {table.name} lacks the required column "
+                                           f"{col.name}; it needs a migration")
+                    kind = col.type.compile(dialect=self.engine.dialect)
+                    c.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -470,6 +497,18 @@ class Catalog:
             for r in rows:
                 c.execute(self._insert_ignore(annotation_tasks).values(
                     **r, status="pushed", pushed_at=ts, updated_at=ts))
+
+    def set_missing_prelabels(self, server: str, project_id: int, task_ids: Sequence[int],
+                              model_version: str) -> None:
+        """Name ``model_version`` as the pre-label of those tasks that were pushed without one."""
+        if not task_ids:
+            return
+        with self.engine.begin() as c:
+            c.execute(update(annotation_tasks).where(
+                annotation_tasks.c.server == server, annotation_tasks.c.project_id == project_id,
+                annotation_tasks.c.task_id.in_(list(task_ids)),
+                annotation_tasks.c.prelabel.is_(None))
+                .values(prelabel=model_version, updated_at=now()))
 
     def tasks(self, server: str, project_id: int) -> list[dict]:
         with self.engine.connect() as c:

@@ -245,10 +245,20 @@ def _connect():
 def _run_flow(fn, *args):
     from annotation.client import LabelStudioError
     from pipeline.labelling import NothingToPush
+    from pipeline.prelabel import PrelabelError
     try:
         return fn(*args)
-    except (LabelStudioError, NothingToPush) as e:
+    except (LabelStudioError, NothingToPush, PrelabelError) as e:
         raise click.ClickException(str(e)) from None
+
+
+def _check_prelabeller(spec: str | None) -> None:
+    """A missing checkpoint file is refused before Prefect or Label Studio is asked anything
+    (an unreadable one is refused when the flow loads it, also before anything is sent)."""
+    from pipeline.prelabel import HANDCRAFTED
+    if spec is not None and spec not in HANDCRAFTED and not Path(spec).is_file():
+        raise click.ClickException(f"pre-labeller {spec!r} is neither one of "
+                                   f"{', '.join(HANDCRAFTED)} nor an existing DPN checkpoint file")
 
 
 @annotate.command()
@@ -257,13 +267,15 @@ def _run_flow(fn, *args):
               help="Push only these sources (default: all but the dedup reference).")
 @click.option("--limit", type=int, help="Push at most this many new images.")
 @click.option("--batch-size", default=100, show_default=True, help="Tasks per import request.")
-@click.option("--prelabel", type=click.Choice(["laplacian", "lbp"]),
-              help="Pre-label images with no known mask with this handcrafted blur map.")
+@click.option("--prelabel", metavar="laplacian|lbp|CHECKPOINT",
+              help="Pre-label images with no known mask: a handcrafted blur map by name, or a "
+                   "DPN checkpoint file (its map thresholded at 0.5, and a guessed blur type).")
 @pass_ctx
 def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batch_size: int,
          prelabel: str | None) -> None:
     """Create tasks for the images that passed dedup (with pre-labels where a mask is known)."""
     ws = c.ws
+    _check_prelabeller(prelabel)
     _connect().close()  # a clear error before any flow starts
     from pipeline.flows import push_flow
     r = _run_flow(push_flow, str(ws.root), project, list(sources) or None, limit, batch_size,
@@ -295,6 +307,24 @@ def pull(c: Ctx, project: str, export_dir: str | None) -> None:
         click.echo(f"problem: {p}", err=True)
 
 
+@annotate.command()
+@click.option("--project", required=True)
+@click.option("--checkpoint", required=True, metavar="CHECKPOINT|laplacian|lbp",
+              help="The (newer) model whose predictions to add.")
+@click.option("--batch-size", default=32, show_default=True, help="Images per Prefect task.")
+@pass_ctx
+def prelabel(c: Ctx, project: str, checkpoint: str, batch_size: int) -> None:
+    """Add this model's prediction to every task nobody has annotated yet (re-runs add nothing)."""
+    ws = c.ws
+    _check_prelabeller(checkpoint)
+    _connect().close()
+    from pipeline.flows import prelabel_flow
+    r = _run_flow(prelabel_flow, str(ws.root), project, checkpoint, batch_size, True)
+    click.echo(f"{project}: {r['added']} predictions of {r['model_version']} added; skipped "
+               f"{r['skipped_annotated']} annotated, {r['skipped_same_model']} already holding "
+               f"this model_version, {r['skipped_deleted']} deleted (of {r['tasks']} tasks)")
+
+
 @annotate.command(name="status")
 @click.option("--project", required=True)
 @pass_ctx
@@ -309,7 +339,11 @@ def annotate_status(c: Ctx, project: str) -> None:
         raise click.ClickException(f"no tasks of project {project!r} at {server} in the catalog; "
                                    "run `blurset annotate push` first")
     for k, v in ann_status(catalog, server, rows[0]["project_id"]).items():
-        click.echo(f"{k}: {v}")
+        if isinstance(v, dict):  # work saved, per model_version of the pre-label
+            for version, stats in v.items():
+                click.echo(f"  {version}: " + ", ".join(f"{sk} {sv}" for sk, sv in stats.items()))
+        else:
+            click.echo(f"{k}: {v}")
 
 
 @cli.group()

@@ -42,7 +42,7 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     from pipeline.flows import dedup_flow, ingest_flow
     from pipeline.sample import write_sample
 
-    steps = 10 if annotate else 5
+    steps = 11 if annotate else 5
     sample_dir = demo_dir / "sample"
     if not (sample_dir / "truth.json").exists():
         click.echo(f"[1/{steps}] writing the bundled sample to {sample_dir}")
@@ -79,19 +79,23 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     click.echo(f"      contact sheet:   {sheet.resolve()}")
     click.echo(f"      catalog:         {ws.catalog_url}")
     result = {"dedup": s, "truth": score, "sheet": str(sheet)}
+    result["releases"] = _releases(ws, DEMO_RELEASES[:1], 5, steps)
     if annotate:
-        result["annotation"] = _annotate(demo_dir, ws, catalog, sample_dir, steps)
-    result["releases"] = _releases(ws, 8 if annotate else 5, steps, with_annotations=annotate)
+        result["dpn"] = _train(demo_dir, ws, 6, steps)
+        result["annotation"] = _annotate(demo_dir, ws, catalog, sample_dir, steps,
+                                         result["dpn"]["checkpoint"])
+        result["releases"] |= _releases(ws, DEMO_RELEASES[1:], 10, steps)
+        result["crosscheck"] = _crosscheck(demo_dir, ws, result["dpn"], steps)
+        _summary(demo_dir, ws, result)
     catalog.close()
-    if annotate:
-        result["dpn"] = _dpn(demo_dir, ws, steps)
     return result
 
 
 DEMO_PROJECT = "blurset demo"
 
 
-def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: int) -> dict:
+def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: int,
+              checkpoint: str) -> dict:
     from annotation.client import connect
     from annotation.server import LocalServer
     from pipeline.flows import pull_flow, push_flow
@@ -99,24 +103,27 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     from pipeline.simulate import simulate
 
     server = LocalServer.for_workspace(ws.root)
-    click.echo(f"[5/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
+    click.echo(f"[7/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
                f"{server.data_dir})")
     server.up(log=lambda m: click.echo(f"      {m}"))
-    click.echo(f"[6/{steps}] pushing the images that passed dedup, pre-labelled by the LBP "
-               "blur map (Prefect flow 'annotate-push')")
-    r = push_flow(str(ws.root), DEMO_PROJECT, prelabel="lbp")
+    click.echo(f"[8/{steps}] pushing the images that passed dedup, pre-labelled by the DPN just "
+               "trained (Prefect flow 'annotate-push')")
+    r = push_flow(str(ws.root), DEMO_PROJECT, prelabel=checkpoint)
     click.echo(f"      {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels)")
     with connect(server.conn) as client:
         sim = simulate(catalog, client, r["project_id"], sample_dir)
     click.echo(f"      SIMULATED annotator (not a person: the sample's hidden truth, perturbed) "
                f"submitted {sim.annotations} annotations ({sim.rejected} rejections, "
                f"{sim.second_opinions} second opinions)")
-    click.echo(f"[7/{steps}] pulling the annotations back (Prefect flow 'annotate-pull')")
+    click.echo(f"[9/{steps}] pulling the annotations back (Prefect flow 'annotate-pull')")
     p = pull_flow(str(ws.root), DEMO_PROJECT, str(demo_dir / "masks"))
     st = status(catalog, server.conn.url, r["project_id"])
     click.echo(f"      {st['pushed']} tasks: {st['annotated']} annotated, {st['rejected']} rejected, "
                f"{st['pending']} pending; mean agreement (IoU) of double-annotated tasks: "
                f"{st['mean_agreement_iou']}")
+    click.echo(f"      work saved: {st.get('prelabelled_annotated', 0)} annotated tasks started from "
+               f"a DPN pre-label; mean IoU pre-label → final mask {st.get('mean_prelabel_iou')}, "
+               f"accepted unchanged: {st.get('prelabel_accepted_share')}")
     for prob in p["problems"]:
         click.echo(f"      problem: {prob}")
     click.echo(f"      masks:    {(demo_dir / 'masks').resolve()}  (255 = blurred)")
@@ -130,14 +137,13 @@ DEMO_RELEASES = [("cuhk-sample", "1.0.0", {"from_sources": ["cuhk"]}),
                  ("szubd-sample", "1.0.0", {"projects": [DEMO_PROJECT]})]
 
 
-def _releases(ws: Workspace, step: int, steps: int, with_annotations: bool) -> dict:
-    """Build (or reuse) the two sample releases and verify them."""
+def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
+    """Build (or reuse) the sample releases in ``wanted`` and verify them."""
     from pipeline.flows import release_flow
     from pipeline.releases import verify_release
 
-    wanted = DEMO_RELEASES if with_annotations else DEMO_RELEASES[:1]
-    click.echo(f"[{step}/{steps}] releases (Prefect flow 'release-build'): Parquet shards, "
-               "manifest, dataset card")
+    click.echo(f"[{step}/{steps}] release {', '.join(f'{n} {v}' for n, v, _ in wanted)} (Prefect "
+               "flow 'release-build'): Parquet shards, manifest, dataset card")
     out = {}
     for name, version, what in wanted:
         path = ws.root / "releases" / name / version
@@ -152,47 +158,66 @@ def _releases(ws: Workspace, step: int, steps: int, with_annotations: bool) -> d
         click.echo(f"        {state}: {rep.files} files, {rep.rows} rows")
         click.echo(f"        {path.resolve()}  (card: README.md)")
         out[name] = {"path": str(path), "ok": rep.ok, "rows": rep.rows}
-    click.echo(f"      list them: blurset -w {ws.root} release list")
     return out
 
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dpn-small.yaml"
 
 
-def _dpn(demo_dir: Path, ws: Workspace, steps: int) -> dict:
-    """Train a small DPN on cuhk-sample, then the cross-dataset check on szubd-sample."""
+def _train(demo_dir: Path, ws: Workspace, step: int, steps: int) -> dict:
+    """Train (or reuse) a small DPN on cuhk-sample."""
     from model.config import load_config
+    from model.data import resolve_release
+    from model.train import main as train_main
+
+    run = demo_dir / "dpn"
+    config = load_config(DEMO_CONFIG)
+    resume = (run / "checkpoints" / "last.pt").exists()
+    click.echo(f"[{step}/{steps}] training a small DPN on cuhk-sample 1.0.0 ({DEMO_CONFIG.name}: "
+               f"width {config.model.get('width')}, input {config.input_size}², at most "
+               f"{config.max_steps} steps; CPU)" + (" — reusing the run" if resume else ""))
+    r = train_main(config, train=resolve_release("cuhk-sample@1.0.0", ws.root / "releases"),
+                   val=None, out_dir=run, resume=resume)
+    click.echo(f"      {r.epochs} epochs, {r.steps} steps; checkpoint {r.last_checkpoint.resolve()}")
+    return {"checkpoint": str(r.last_checkpoint), "input_size": config.input_size}
+
+
+def _crosscheck(demo_dir: Path, ws: Workspace, dpn: dict, steps: int) -> dict:
+    """DPN and the handcrafted maps on all of szubd-sample (never trained on)."""
     from model.crosscheck import score_on_release, write_scores
     from model.data import resolve_release
     from model.evaluate import format_table
     from model.train import load_checkpoint
-    from model.train import main as train_main
 
-    root = ws.root / "releases"
-    run = demo_dir / "dpn"
-    config = load_config(DEMO_CONFIG)
-    resume = (run / "checkpoints" / "last.pt").exists()
-    click.echo(f"[{steps - 1}/{steps}] training a small DPN on cuhk-sample 1.0.0 ({DEMO_CONFIG.name}: "
-               f"width {config.model.get('width')}, input {config.input_size}², at most "
-               f"{config.max_steps} steps; CPU)" + (" — resuming/reusing the run" if resume else ""))
-    r = train_main(config, train=resolve_release("cuhk-sample@1.0.0", root), val=None,
-                   out_dir=run, resume=resume)
-    click.echo(f"      {r.epochs} epochs, {r.steps} steps, {r.seconds:.0f} s; "
-               f"checkpoint {r.last_checkpoint.resolve()}")
-    click.echo(f"[{steps}/{steps}] cross-dataset check: DPN and the handcrafted maps on all of "
-               "szubd-sample 1.0.0 (never trained on)")
-    model, _ = load_checkpoint(r.last_checkpoint)
-    test = resolve_release("szubd-sample@1.0.0", root)
-    results = score_on_release(test, None, model=model, input_size=config.input_size)
+    click.echo(f"[{steps}/{steps}] cross-dataset check: DPN (trained on cuhk-sample) and the "
+               "handcrafted maps on all of szubd-sample 1.0.0")
+    model, _ = load_checkpoint(dpn["checkpoint"])
+    test = resolve_release("szubd-sample@1.0.0", ws.root / "releases")
+    from tqdm import tqdm
+    with tqdm(total=sum(test.splits().values()), desc="score szubd-sample", unit="img") as bar:
+        results = score_on_release(test, None, model=model, input_size=dpn["input_size"],
+                                   progress=bar.update)
     paths = write_scores(results, demo_dir / "crosscheck", force=True)
     for line in format_table(results).splitlines():
         click.echo(f"      {line}")
-    dpn = results["DPN"].metrics
-    beats = all(dpn["mae"] < results[b].metrics["mae"] and dpn["max_f"] > results[b].metrics["max_f"]
+    m = results["DPN"].metrics
+    beats = all(m["mae"] < results[b].metrics["mae"] and m["max_f"] > results[b].metrics["max_f"]
                 for b in results if b != "DPN")
     click.echo("      DPN beats both handcrafted baselines on MAE and max F" if beats else
                "      DPN does NOT beat both handcrafted baselines on MAE and max F here")
-    click.echo(f"      table:    {paths['table'].resolve()}")
-    click.echo(f"      PR curve: {paths['pr_curve.png'].resolve()}")
-    return {"checkpoint": str(r.last_checkpoint), "beats_baselines": beats,
-            "metrics": {k: {m: v.metrics[m] for m in ("mae", "max_f")} for k, v in results.items()}}
+    return {"beats_baselines": beats, "table": str(paths["table"]),
+            "pr_curve": str(paths["pr_curve.png"]),
+            "metrics": {k: {x: v.metrics[x] for x in ("mae", "max_f")} for k, v in results.items()}}
+
+
+def _summary(demo_dir: Path, ws: Workspace, result: dict) -> None:
+    click.echo("summary: where to look")
+    rows = [("duplicate pairs (contact sheet)", result["sheet"]),
+            ("releases", str(ws.root / "releases")),
+            ("masks pulled from Label Studio", str(demo_dir / "masks")),
+            ("DPN checkpoint", result["dpn"]["checkpoint"]),
+            ("cross-dataset table", result["crosscheck"]["table"]),
+            ("PR curves (all methods)", result["crosscheck"]["pr_curve"])]
+    for label, path in rows:
+        click.echo(f"      {label:<32} {Path(path).resolve()}")
+    click.echo(f"      Label Studio keeps running: blurset -w {ws.root} labelstudio down")

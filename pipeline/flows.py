@@ -64,13 +64,23 @@ def ingest_flow(workspace: str, kind: str, name: str, path: str, batch_size: int
                                         str(ws.quarantine_store.root), max_pixels)
                for batch in batches]
     new_images = new_bad = 0
+    failed: list[BaseException] = []
     with tqdm(total=len(todo), desc=f"ingest {name}", unit="img", disable=not show_progress) as bar:
         for batch, fut in zip(batches, futures, strict=True):
-            res = fut.result()
-            _write(catalog, name, res)  # one transaction per batch
+            try:
+                res = fut.result()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other batches
+                failed.append(e)
+                continue
+            _write(catalog, name, res)  # one transaction per batch: every finished batch is kept
             new_images += len(res.paths)
             new_bad += len(res.quarantined)
             bar.update(len(batch))
+    if failed:
+        catalog.close()
+        logger.error("%s: %d of %d batches failed; the other batches are stored, a re-run "
+                     "does the rest", name, len(failed), len(batches))
+        raise failed[0]
     counts = catalog.counts()
     summary = {"source": name, "kind": kind, "found": len(scan.items), "new_or_changed": len(todo),
                "ingested": new_images, "quarantined_now": new_bad + len(orphans),
@@ -128,9 +138,10 @@ def _transient(task, task_run, state) -> bool:
     """Retry a Label Studio task only when the server may come back (not on a refused token)."""
     from annotation.client import AuthError
     from pipeline.labelling import NothingToPush
+    from pipeline.prelabel import PrelabelError
     try:
         state.result()
-    except (AuthError, NothingToPush):
+    except (AuthError, NothingToPush, PrelabelError):
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True
@@ -195,6 +206,52 @@ def pull_flow(workspace: str, project: str, export_dir: str | None = None) -> di
         {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}],
         description=f"blurset annotate pull of {project}")
     return report
+
+
+@task(name="annotate-prelabel-batch", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=_transient)
+def prelabel_batch_task(client, workspace: str, labeller, project_id: int, batch: list[dict]
+                        ) -> int:
+    """Predict one batch and add its predictions (one request). A retry after a lost answer
+    may add a batch twice; a later run skips tasks that already hold this model_version."""
+    from pipeline.labelling import prelabel_batch
+    return prelabel_batch(client, Workspace.open(workspace), labeller, project_id, batch)
+
+
+@flow(name="annotate-prelabel")
+def prelabel_flow(workspace: str, project: str, checkpoint: str, batch_size: int = 32,
+                  show_progress: bool = True) -> dict:
+    """Add a prediction of a (newer) model to every task nobody has annotated yet.
+
+    The model is loaded once, here; each batch is one Prefect task, retried on I/O only.
+    """
+    from dataclasses import asdict
+
+    from annotation.client import connect
+    from pipeline.labelling import plan_prelabels
+    from pipeline.prelabel import make_prelabeller
+    labeller = make_prelabeller(checkpoint)  # a bad checkpoint stops here, nothing asked yet
+    ws = Workspace.open(workspace)
+    catalog, client = ws.catalog(), connect()
+    try:
+        report, todo = plan_prelabels(catalog, client, project, labeller.model_version)
+        with tqdm(total=len(todo), desc=f"prelabel {project}", unit="task",
+                  disable=not show_progress) as bar:
+            for batch in _batches(todo, batch_size):
+                report.added += prelabel_batch_task(client, workspace, labeller,
+                                                    report.project_id, batch)
+                catalog.set_missing_prelabels(client.conn.url, report.project_id,
+                                              [t["task_id"] for t in batch],
+                                              labeller.model_version)  # one write per batch
+                bar.update(len(batch))
+    finally:
+        client.close()
+        catalog.close()
+    out = asdict(report)
+    create_table_artifact(key=f"prelabel-{_slug(project)}", table=[out],
+                          description=f"blurset annotate prelabel of {project} with "
+                                      f"{report.model_version}")
+    return out
 
 
 @task(name="release-build", cache_policy=NO_CACHE)

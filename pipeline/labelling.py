@@ -21,13 +21,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from annotation import rle
 from annotation.client import Client, TaskSpec, local_file_url
-from annotation.config import brush_result
 from annotation.export import MaskProblem, mean_pairwise_iou, parse_export
 from annotation.server import document_root
 from pipeline.catalog import Catalog, MaskRow
 from pipeline.ingest import encode_png
+from pipeline.prelabel import (
+    Prelabeller,
+    make_prelabeller,
+    prediction_mask,
+    prelabel_from_mask,
+)
 from pipeline.store import sha256_hex
 from pipeline.workspace import Workspace
 
@@ -64,6 +68,21 @@ class PullReport:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass
+class PrelabelReport:
+    project: str
+    project_id: int
+    model_version: str
+    tasks: int = 0
+    added: int = 0
+    skipped_annotated: int = 0
+    skipped_same_model: int = 0
+    skipped_deleted: int = 0
+
+
+ACCEPTED_IOU = 0.99  # a final mask this close to its pre-label counts as accepted unchanged
+
+
 def default_push_sources(catalog: Catalog) -> list[str]:
     """Every source except the reference of the last dedup run (candidates must pass dedup)."""
     run = catalog.last_dedup_run()
@@ -71,13 +90,6 @@ def default_push_sources(catalog: Catalog) -> list[str]:
         raise NothingToPush("no dedup run yet: run `blurset dedup --reference NAME` first, so that "
                             "only images that passed dedup go to the annotators")
     return [s["name"] for s in catalog.list_sources() if s["name"] != run["reference"]]
-
-
-def prelabel_from_mask(mask: np.ndarray, model_version: str, score: float) -> dict:
-    """A Label Studio prediction holding a known blur mask as brush RLE."""
-    h, w = mask.shape
-    return {"model_version": model_version, "score": float(score),
-            "result": [brush_result(rle.encode(mask), w, h)]}
 
 
 def _object_url(ws: Workspace, object_path: str) -> str:
@@ -92,37 +104,17 @@ def _object_url(ws: Workspace, object_path: str) -> str:
     return local_file_url(rel.as_posix())
 
 
-PRELABELLERS = ("laplacian", "lbp")
-
-
-def handcrafted_prelabel(name: str, image_path: Path) -> dict:
-    """A pre-label from a handcrafted blur map (model/baselines.py), thresholded (Otsu).
-
-    The score is the mean distance of the map from its threshold: near 0 when the map cannot
-    tell blurred from sharp, near 1 when it separates them cleanly.
-    """
-    from PIL import ImageOps
-
-    from model import baselines
-    fn = {"laplacian": baselines.laplacian_blur_map, "lbp": baselines.lbp_blur_map}[name]
-    with Image.open(image_path) as im:
-        gray = np.asarray(ImageOps.exif_transpose(im).convert("L"))
-    blur_map = fn(gray)
-    mask = baselines.blur_mask_from_map(blur_map)
-    score = float(np.clip(2 * np.abs(blur_map - blur_map.mean()).mean(), 0, 1))
-    return prelabel_from_mask(mask, f"{name}-blur-map@blurset", score)
-
-
 def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
          sources: Sequence[str] | None = None, limit: int | None = None, batch_size: int = 100,
          progress: Progress | None = None, prelabel: str | None = None) -> PushReport:
     """Create the project if needed and import a task for every image not yet in it.
 
     Pre-labels: a known blur mask (ground truth of the source) always; otherwise, with
-    ``prelabel`` set to a handcrafted blur map's name, that map thresholded.
+    ``prelabel`` set to a handcrafted blur map's name (``laplacian``, ``lbp``) or a DPN
+    checkpoint's path, that pre-labeller's prediction (``pipeline.prelabel``). The pre-labeller
+    is made first, once: a bad checkpoint is refused before anything is sent.
     """
-    if prelabel is not None and prelabel not in PRELABELLERS:
-        raise NothingToPush(f"unknown pre-labeller {prelabel!r}; choose one of {', '.join(PRELABELLERS)}")
+    labeller = make_prelabeller(prelabel) if prelabel is not None else None
     sources = list(sources) if sources else default_push_sources(catalog)
     project_id = client.project(project)
     assert project_id is not None
@@ -151,14 +143,15 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         specs, prelabels = [], []
+        guessed = _predict(labeller, ws, [r for r in batch if not r["gt_mask"]])
         for r in batch:
             pred = None
             if r["gt_mask"]:
                 with Image.open(ws.objects.root / r["gt_mask"]) as m:
                     pred = prelabel_from_mask(np.asarray(m.convert("L")),
                                               f"ground-truth:{r['source']}", 1.0)
-            elif prelabel:
-                pred = handcrafted_prelabel(prelabel, ws.objects.root / r["object_path"])
+            else:
+                pred = guessed.get(r["image_id"])
             prelabels.append(pred["model_version"] if pred else None)
             specs.append(TaskSpec(r["image_id"], _object_url(ws, r["object_path"]), r["source"],
                                   r["rel_path"], pred))
@@ -172,6 +165,14 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
     return report
 
 
+def _predict(labeller: Prelabeller | None, ws: Workspace, rows: list[dict]) -> dict[str, dict]:
+    """image id → the pre-labeller's prediction, one call for the batch."""
+    if labeller is None or not rows:
+        return {}
+    preds = labeller.predict([ws.objects.root / r["object_path"] for r in rows])
+    return {r["image_id"]: p for r, p in zip(rows, preds, strict=True)}
+
+
 def _task_row(server: str, project: str, project_id: int, task_id: int, r: dict,
               prelabel: str | None) -> dict:
     return {"server": server, "project": project, "project_id": project_id, "task_id": task_id,
@@ -179,12 +180,74 @@ def _task_row(server: str, project: str, project_id: int, task_id: int, r: dict,
             "prelabel": prelabel}
 
 
-def write_snapshot(ws: Workspace, project: str, raw: bytes) -> Path:
-    """Keep a raw export forever: ``annotations/<project>/export-<UTC time>-<sha8>.json``."""
+def plan_prelabels(catalog: Catalog, client: Client, project: str, model_version: str
+                   ) -> tuple[PrelabelReport, list[dict]]:
+    """The project's tasks that should get a prediction of ``model_version``: those with no
+    submitted annotation and no prediction of that model_version yet (so a re-run adds nothing).
+
+    Tasks unknown to the catalog are left alone (a push reconciles them first).
+    """
+    project_id = client.project(project, create=False)
+    if project_id is None:
+        raise NothingToPush(f"no project {project!r} in Label Studio at {client.conn.url}; "
+                            "run `blurset annotate push` first")
+    server = client.conn.url
+    report = PrelabelReport(project, project_id, model_version)
+    exported = {t.id: t for t in parse_export(client.export(project_id))}
+    versions: dict[int, set[str]] = {}
+    for pred in client.project_predictions(project_id):
+        versions.setdefault(pred["task"], set()).add(pred.get("model_version") or "")
+    todo = []
+    for t in catalog.tasks(server, project_id):
+        report.tasks += 1
+        ex = exported.get(t["task_id"])
+        if ex is None or t["status"] == "deleted":
+            report.skipped_deleted += 1
+        elif ex.submitted():
+            report.skipped_annotated += 1
+        elif model_version in versions.get(t["task_id"], set()):
+            report.skipped_same_model += 1
+        else:
+            img = catalog.image(t["image_id"])
+            todo.append({"task_id": t["task_id"], "object_path": img["object_path"]})
+    return report, todo
+
+
+def prelabel_batch(client: Client, ws: Workspace, labeller: Prelabeller, project_id: int,
+                   batch: Sequence[dict]) -> int:
+    """Predict a batch of planned tasks and add the predictions in one request."""
+    preds = labeller.predict([ws.objects.root / t["object_path"] for t in batch])
+    return client.create_predictions(project_id, [(t["task_id"], p)
+                                                  for t, p in zip(batch, preds, strict=True)])
+
+
+def add_prelabels(catalog: Catalog, client: Client, ws: Workspace, project: str, prelabel: str,
+                  batch_size: int = 32, progress: Progress | None = None) -> PrelabelReport:
+    """Add a prediction of ``prelabel`` (a checkpoint path or a handcrafted map's name) to
+    every task of the project that nobody has annotated yet.
+
+    Annotations and earlier predictions are left as they are: Label Studio keeps several
+    predictions per task. The pre-labeller is made (the model loaded) once, before anything
+    is asked of Label Studio.
+    """
+    labeller = make_prelabeller(prelabel)
+    report, todo = plan_prelabels(catalog, client, project, labeller.model_version)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        report.added += prelabel_batch(client, ws, labeller, report.project_id, batch)
+        catalog.set_missing_prelabels(client.conn.url, report.project_id,
+                                      [t["task_id"] for t in batch], labeller.model_version)
+        if progress:
+            progress(len(batch))
+    return report
+
+
+def write_snapshot(ws: Workspace, project: str, raw: bytes, kind: str = "export") -> Path:
+    """Keep a raw export forever: ``annotations/<project>/<kind>-<UTC time>-<sha8>.json``."""
     folder = ws.root / "annotations" / _slug(project)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    target = folder / f"export-{stamp}-{sha256_hex(raw)[:8]}.json"
+    target = folder / f"{kind}-{stamp}-{sha256_hex(raw)[:8]}.json"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(raw)
@@ -205,9 +268,16 @@ def pull(catalog: Catalog, client: Client, ws: Workspace, project: str,
     server = client.conn.url
     raw = client.export(project_id)
     snapshot = write_snapshot(ws, project, raw)
+    # the export names predictions by id only: fetch them, and keep them beside the export
+    predictions = client.project_predictions(project_id)
+    write_snapshot(ws, project, json.dumps(predictions, sort_keys=True).encode(), "predictions")
+    preds_of: dict[int, list[dict]] = {}
+    for pred in predictions:
+        preds_of.setdefault(pred["task"], []).append(pred)
     report = PullReport(project, project_id, str(snapshot))
     users = client.users()
     exported = {t.id: t for t in parse_export(raw)}
+    raw_annotations = {a["id"]: a for t in json.loads(raw) for a in t.get("annotations") or []}
     known = {t["task_id"]: t for t in catalog.tasks(server, project_id)}
     report.tasks = len(known)
 
@@ -260,6 +330,8 @@ def pull(catalog: Catalog, client: Client, ws: Workspace, project: str,
             update["status"] = "rejected"
             report.rejected += 1
         elif mask is not None:
+            update.update(compare_with_prelabel(
+                mask, raw_annotations.get(a.id, {}), preds_of.get(task_id, [])))
             update["status"] = "annotated"
             report.annotated += 1
             mask_rows.append(MaskRow(
@@ -276,6 +348,49 @@ def pull(catalog: Catalog, client: Client, ws: Workspace, project: str,
     if export_dir is not None:
         report.exported = export_masks(catalog, ws, server, project_id, export_dir)
     return report
+
+
+def compare_with_prelabel(mask: np.ndarray, annotation: dict, predictions: list[dict]) -> dict:
+    """How far the final mask moved from the pre-label the annotator started from.
+
+    That pre-label is the prediction the annotation names as its ``parent_prediction`` (Label
+    Studio sets it when a person starts from a prediction); otherwise the most recent prediction
+    created before the annotation; with none, the task had no pre-label to start from. Masks are
+    decoded from the predictions themselves (fetched from Label Studio at pull time and kept in a
+    ``predictions-*.json`` snapshot), not re-derived: the model that made them may be gone.
+    Accepted unchanged: IoU ≥ ``ACCEPTED_IOU``, or the very same RLE.
+    """
+    from annotation.export import iou
+    chosen = None
+    parent = annotation.get("parent_prediction")
+    if parent is not None:
+        chosen = next((p for p in predictions if p.get("id") == parent), None)
+    if chosen is None:
+        created = annotation.get("created_at") or ""
+        before = [p for p in predictions if (p.get("created_at") or "") <= created]
+        chosen = max(before, key=lambda p: (p.get("created_at") or "", p.get("id") or 0),
+                     default=None)
+    none = {"prelabel_version": None, "prelabel_iou": None, "prelabel_accepted": None}
+    if chosen is None:
+        return none
+    try:
+        pre = prediction_mask(chosen)
+    except (KeyError, TypeError, ValueError):
+        return none  # an undecodable prediction says nothing about work saved
+    if pre is None:
+        return none
+    if pre.shape != mask.shape:
+        value = 0.0
+    else:
+        value = iou(pre, mask)
+    same_rle = _brush_rles(chosen.get("result")) == _brush_rles(annotation.get("result"))
+    return {"prelabel_version": chosen.get("model_version"), "prelabel_iou": value,
+            "prelabel_accepted": bool(same_rle or value >= ACCEPTED_IOU)}
+
+
+def _brush_rles(result: list[dict] | None) -> list[list[int]]:
+    return [r["value"]["rle"] for r in result or [] if r.get("type") == "brushlabels"
+            and isinstance(r.get("value"), dict) and "rle" in r["value"]]
 
 
 def export_masks(catalog: Catalog, ws: Workspace, server: str, project_id: int, out: Path) -> int:
@@ -305,7 +420,25 @@ def status(catalog: Catalog, server: str, project_id: int) -> dict:
     agreements = [t["agreement_iou"] for t in tasks if t["agreement_iou"] is not None]
     counts["multi_annotated"] = len(agreements)
     counts["mean_agreement_iou"] = round(float(np.mean(agreements)), 4) if agreements else None
+    compared = [t for t in tasks if t.get("prelabel_iou") is not None]
+    counts.update(_prelabel_stats(compared))
+    by_version: dict[str, list[dict]] = {}
+    for t in compared:
+        by_version.setdefault(t["prelabel_version"] or "unknown", []).append(t)
+    counts["prelabel_by_model_version"] = {v: _prelabel_stats(ts) for v, ts in
+                                           sorted(by_version.items())}
     return counts
+
+
+def _prelabel_stats(compared: list[dict]) -> dict:
+    """Work saved by pre-labels, over annotated tasks whose annotation had a pre-label."""
+    if not compared:
+        return {"prelabelled_annotated": 0, "mean_prelabel_iou": None,
+                "prelabel_accepted_share": None}
+    return {"prelabelled_annotated": len(compared),
+            "mean_prelabel_iou": round(float(np.mean([t["prelabel_iou"] for t in compared])), 4),
+            "prelabel_accepted_share": round(
+                float(np.mean([bool(t["prelabel_accepted"]) for t in compared])), 4)}
 
 
 def decode_png(data: bytes) -> np.ndarray:

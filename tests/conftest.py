@@ -14,6 +14,12 @@ from PIL import Image
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Property tests run the same examples every time (CI must not turn red by luck); set
+    # HYPOTHESIS_PROFILE=explore to search new examples.
+    from hypothesis import settings
+    settings.register_profile("repeatable", derandomize=True)
+    settings.register_profile("explore", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
     # Prefect reads its settings when first imported: point it inside the test session.
     root = Path(config.rootpath) / ".pytest_cache" / "prefect-home"
     root.mkdir(parents=True, exist_ok=True)

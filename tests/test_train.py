@@ -234,7 +234,8 @@ def test_grouped_sampler_and_workers(toy):
     assert s.order() != first
     group_of = {i: k for k, g in enumerate(groups) for i in g}
     assert sum(group_of[a] != group_of[b] for a, b in itertools.pairwise(first)) == 2
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=s, num_workers=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=s, num_workers=2,
+                                         multiprocessing_context="forkserver")
     ids = [i for _, _, batch in loader for i in batch]
     assert len(ids) == 32 and len(set(ids)) == 8
 
