@@ -1070,6 +1070,18 @@ def _annotation_stats(catalog: Catalog, ws: Workspace, rows: Sequence[Candidate]
             iou = _mask_iou(ws.objects.read(c.mask_object), ws.objects.read(gt[-1]["object_path"]))
             accepted += iou is not None and iou >= 0.99
     by_model = Counter(c.prelabel for c in prelabelled)
+    # model pre-labels: the IoU and acceptance that `annotate pull` measured for each task
+    measured: dict[str, tuple[float, bool]] = {}
+    other_ids = [c.image_id for c in prelabelled if not c.prelabel.startswith("ground-truth:")]
+    if other_ids:
+        q = (select(annotation_tasks.c.image_id, annotation_tasks.c.prelabel_iou,
+                    annotation_tasks.c.prelabel_accepted)
+             .where(annotation_tasks.c.image_id.in_(other_ids),
+                    annotation_tasks.c.prelabel_iou.is_not(None))
+             .order_by(annotation_tasks.c.image_id))
+        with catalog.engine.connect() as conn:
+            for image_id, iou, ok in conn.execute(q):
+                measured.setdefault(image_id, (float(iou), bool(ok)))
     return {
         "annotated": len(ann),
         "ground_truth": len(rows) - len(ann),
@@ -1081,6 +1093,10 @@ def _annotation_stats(catalog: Catalog, ws: Workspace, rows: Sequence[Candidate]
         "gt_prelabelled": len(gt_pre),
         "gt_prelabel_accepted": accepted,
         "other_prelabelled": len(prelabelled) - len(gt_pre),
+        "model_prelabel_measured": len(measured),
+        "model_prelabel_accepted": sum(ok for _, ok in measured.values()),
+        "model_prelabel_mean_iou": (round(float(np.mean([i for i, _ in measured.values()])), 4)
+                                    if measured else None),
     }
 
 

@@ -371,8 +371,22 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
     card = (info.path / "README.md").read_text()
     assert "Pre-labels: 3 of 3 annotated images were pushed with one" in card
     assert "1 of 2 ground-truth pre-labels kept unchanged" in card
-    assert "model pre-labels (1): not measured" in card
+    assert "model pre-labels: not measured" in card
     assert "Annotators (images with their submission): person-one (2), person-two (1)" in card
+
+    # what `annotate pull` measures for a model pre-label lands in the next version's card
+    from sqlalchemy import update
+
+    from pipeline.catalog import annotation_tasks
+    with env.catalog.engine.begin() as c:
+        c.execute(update(annotation_tasks)
+                  .where(annotation_tasks.c.image_id == cuhk[2]["image_id"])
+                  .values(prelabel_iou=0.995, prelabel_accepted=True,
+                          prelabel_version="laplacian-blur-map@blurset"))
+    info = R.build_release(env.ws, env.catalog, "review", "1.1.0", projects=["review"])
+    card = (info.path / "README.md").read_text()
+    assert ("model pre-labels: 1 of 1 measured at pull were accepted unchanged (IoU ≥ 0.99 with "
+            "the final mask), mean IoU 0.995") in card
 
 
 def test_nothing_to_release_and_unknown_names_are_clear(env):
