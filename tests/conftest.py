@@ -38,6 +38,18 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models: they gain nothing from a second, and on
+    shared cores OpenMP's spinning threads made the same run take 1 s or 100 s. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def photo(index: int = 0, size: tuple[int, int] | None = None) -> Image.Image:
     """A real photo shipped by scikit-image (deterministic)."""
     import skimage.data as d

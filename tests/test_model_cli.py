@@ -23,12 +23,7 @@ TINY = {"model": {"variant": "deb+bl", "width": 0.125}, "input_size": 64, "batch
         "epochs": 2, "augment": {"rotations": False, "rescales": []}, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(*args: str) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from test_labelstudio import blob, small_workspace
 from test_train import write_release
@@ -29,12 +28,7 @@ MODEL = "dpn:best@toy@1.0.0"
 NEWER = "dpn:newer@toy@1.0.0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -106,14 +106,7 @@ def write_release(root: Path, name: str = "toy", version: str = "1.0.0",
     return folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on shared cores OpenMP's spinning
-    threads made the same run take 1 s or 100 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
