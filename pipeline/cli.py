@@ -270,19 +270,32 @@ def _check_prelabeller(spec: str | None) -> None:
 @click.option("--prelabel", metavar="laplacian|lbp|CHECKPOINT",
               help="Pre-label images with no known mask: a handcrafted blur map by name, or a "
                    "DPN checkpoint file (its map thresholded at 0.5, and a guessed blur type).")
+@click.option("--rank", is_flag=True,
+              help="Pre-label every candidate first; push the most uncertain first and leave out "
+                   "images with almost no blur or blurred all over (needs --prelabel).")
+@click.option("--min-blur", default=0.02, show_default=True,
+              help="With --rank: leave out images whose pre-label marks less than this share.")
+@click.option("--max-blur", default=0.98, show_default=True,
+              help="With --rank: leave out images whose pre-label marks more than this share.")
 @pass_ctx
 def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batch_size: int,
-         prelabel: str | None) -> None:
+         prelabel: str | None, rank: bool, min_blur: float, max_blur: float) -> None:
     """Create tasks for the images that passed dedup (with pre-labels where a mask is known)."""
     ws = c.ws
     _check_prelabeller(prelabel)
     _connect().close()  # a clear error before any flow starts
     from pipeline.flows import push_flow
+    if rank and prelabel is None:
+        raise click.UsageError("--rank needs --prelabel CHECKPOINT (or laplacian|lbp)")
     r = _run_flow(push_flow, str(ws.root), project, list(sources) or None, limit, batch_size,
-                  True, prelabel)
+                  True, prelabel, rank, min_blur, max_blur)
     click.echo(f"{project}: {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels), "
                f"{r['selected'] - r['pushed']} left, {r['reconciled']} reconciled from an earlier "
                f"run. Open {r['url']}")
+    if r["ranked"]:
+        click.echo(f"ranked by the pre-labels, most uncertain first; left out: "
+                   f"{r['skipped_no_blur']} with almost no blur (< {min_blur}), "
+                   f"{r['skipped_all_blurred']} blurred all over (> {max_blur})")
     if r["duplicate_tasks_in_label_studio"]:
         click.echo(f"warning: Label Studio holds duplicate tasks {r['duplicate_tasks_in_label_studio']} "
                    "(created outside blurset?); the oldest task of each image is used", err=True)

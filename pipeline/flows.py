@@ -151,7 +151,8 @@ def _transient(task, task_run, state) -> bool:
 @task(name="annotate-push", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
       retry_condition_fn=_transient)
 def push_task(workspace: str, project: str, sources: list[str] | None, limit: int | None,
-              batch_size: int, show_progress: bool, prelabel: str | None) -> dict:
+              batch_size: int, show_progress: bool, prelabel: str | None, rank: bool = False,
+              min_blur: float = 0.02, max_blur: float = 0.98) -> dict:
     from dataclasses import asdict
 
     from annotation.client import connect
@@ -161,7 +162,7 @@ def push_task(workspace: str, project: str, sources: list[str] | None, limit: in
     try:
         with tqdm(desc=f"push {project}", unit="task", disable=not show_progress) as bar:
             return asdict(push(catalog, client, ws, project, sources, limit, batch_size, bar.update,
-                               prelabel))
+                               prelabel, rank, min_blur, max_blur))
     finally:
         client.close()
         catalog.close()
@@ -170,12 +171,15 @@ def push_task(workspace: str, project: str, sources: list[str] | None, limit: in
 @flow(name="annotate-push")
 def push_flow(workspace: str, project: str, sources: list[str] | None = None,
               limit: int | None = None, batch_size: int = 100, show_progress: bool = True,
-              prelabel: str | None = None) -> dict:
+              prelabel: str | None = None, rank: bool = False, min_blur: float = 0.02,
+              max_blur: float = 0.98) -> dict:
     """Import a task (with a pre-label where a mask is known) for every image not yet pushed.
 
     The retries are safe: a push reconciles with the project's tasks before importing.
+    ``rank``: most informative candidates first, hopeless ones left out (labelling.push).
     """
-    report = push_task(workspace, project, sources, limit, batch_size, show_progress, prelabel)
+    report = push_task(workspace, project, sources, limit, batch_size, show_progress, prelabel,
+                       rank, min_blur, max_blur)
     create_table_artifact(key=f"push-{_slug(project)}", table=[
         {k: v for k, v in report.items() if not isinstance(v, list)}],
         description=f"blurset annotate push to {report['url']}")

@@ -52,6 +52,38 @@ class PushReport:
     with_prelabel: int = 0
     reconciled: int = 0
     duplicate_tasks_in_label_studio: list[int] = field(default_factory=list)
+    ranked: bool = False  # candidates ranked by the pre-labeller before pushing (``rank=True``)
+    skipped_no_blur: int = 0  # predicted blur degree below ``min_blur``: not pushed
+    skipped_all_blurred: int = 0  # above ``max_blur``: not pushed
+
+
+@dataclass(frozen=True)
+class Ranked:
+    image_id: str
+    blur_degree: float  # share of pixels the pre-label marks blurred
+    uncertainty: float  # 1 - the prediction's score (its mean confidence)
+
+
+def rank_candidates(preds: dict[str, dict], min_blur: float, max_blur: float
+                    ) -> tuple[list[Ranked], list[Ranked], list[Ranked]]:
+    """Order candidates for annotation by their pre-labels: (to push, most informative first;
+    skipped with almost no blur; skipped as blurred all over).
+
+    Blur degree = share of pixels the pre-label marks blurred; uncertainty = 1 - its score. A
+    candidate whose degree is below ``min_blur`` (nothing to paint) or above ``max_blur`` (a
+    camera-shake frame, one click) is left out; the rest go in order of falling uncertainty
+    (the model knows least about them), then of blur degree nearest one half, then id.
+    """
+    if not 0 <= min_blur < max_blur <= 1:
+        raise NothingToPush(f"need 0 ≤ min_blur < max_blur ≤ 1, got {min_blur} and {max_blur}")
+    keep, low, high = [], [], []
+    for image_id, pred in preds.items():
+        mask = prediction_mask(pred)
+        degree = float(mask.mean() / 255) if mask is not None else 0.0
+        r = Ranked(image_id, round(degree, 4), round(1 - float(pred.get("score", 0.0)), 4))
+        (low if degree < min_blur else high if degree > max_blur else keep).append(r)
+    keep.sort(key=lambda r: (-r.uncertainty, abs(r.blur_degree - 0.5), r.image_id))
+    return keep, low, high
 
 
 @dataclass
@@ -106,14 +138,22 @@ def _object_url(ws: Workspace, object_path: str) -> str:
 
 def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
          sources: Sequence[str] | None = None, limit: int | None = None, batch_size: int = 100,
-         progress: Progress | None = None, prelabel: str | None = None) -> PushReport:
+         progress: Progress | None = None, prelabel: str | None = None, rank: bool = False,
+         min_blur: float = 0.02, max_blur: float = 0.98) -> PushReport:
     """Create the project if needed and import a task for every image not yet in it.
 
     Pre-labels: a known blur mask (ground truth of the source) always; otherwise, with
     ``prelabel`` set to a handcrafted blur map's name (``laplacian``, ``lbp``) or a DPN
     checkpoint's path, that pre-labeller's prediction (``pipeline.prelabel``). The pre-labeller
     is made first, once: a bad checkpoint is refused before anything is sent.
+
+    ``rank``: pre-label every candidate first, leave out those with almost no blur or blurred
+    all over (:func:`rank_candidates`; they stay candidates for a later push) and push the rest
+    most informative first (``limit`` then takes the top of that order).
     """
+    if rank and prelabel is None:
+        raise NothingToPush("ranking candidates needs a pre-labeller: pass --prelabel "
+                            "CHECKPOINT (or laplacian|lbp)")
     labeller = make_prelabeller(prelabel) if prelabel is not None else None
     sources = list(sources) if sources else default_push_sources(catalog)
     project_id = client.project(project)
@@ -137,13 +177,23 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
         t for ids in in_ls.values() for t in ids[1:])
 
     todo = catalog.push_candidates(sources, server, project_id)
+    guessed_all: dict[str, dict] = {}
+    if rank:
+        guessed_all = _predict(labeller, ws, [r for r in todo if not r["gt_mask"]])
+        keep, low, high = rank_candidates(guessed_all, min_blur, max_blur)
+        order = {r.image_id: i for i, r in enumerate(keep)}
+        report.ranked = True
+        report.skipped_no_blur, report.skipped_all_blurred = len(low), len(high)
+        known_mask = [r for r in todo if r["gt_mask"]]  # a known mask needs no model: first
+        todo = known_mask + sorted((r for r in todo if r["image_id"] in order),
+                                   key=lambda r: order[r["image_id"]])
     if limit is not None:
         todo = todo[:limit]
     report.selected = len(todo)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         specs, prelabels = [], []
-        guessed = _predict(labeller, ws, [r for r in batch if not r["gt_mask"]])
+        guessed = guessed_all or _predict(labeller, ws, [r for r in batch if not r["gt_mask"]])
         for r in batch:
             pred = None
             if r["gt_mask"]:

@@ -19,8 +19,22 @@ from annotation.client import connect
 from annotation.config import BLUR_TYPE, BLUR_TYPES, BRUSH, brush_result, choice_result
 from pipeline.catalog import Catalog
 from pipeline.cli import cli
-from pipeline.labelling import add_prelabels, compare_with_prelabel, pull, push, status
-from pipeline.prelabel import PrelabelError, guess_blur_type, prediction_mask
+from pipeline.labelling import (
+    NothingToPush,
+    add_prelabels,
+    compare_with_prelabel,
+    pull,
+    push,
+    rank_candidates,
+    status,
+)
+from pipeline.prelabel import (
+    PrelabelError,
+    guess_blur_type,
+    make_prelabeller,
+    prediction_mask,
+    prelabel_from_mask,
+)
 
 TINY = {"model": {"variant": "deb+bl", "width": 0.125}, "input_size": 64, "batch_size": 4,
         "epochs": 1, "augment": {"rotations": False, "rescales": []}, "seed": 0}
@@ -243,3 +257,48 @@ def test_an_older_catalog_gets_the_new_columns_when_opened(tmp_path):
     assert row["prelabel_iou"] is None and row["prelabel_accepted"] is None
     catalog.close()
     Catalog(f"sqlite:///{db}").close()  # opening again adds nothing, fails on nothing
+
+
+def _pred(share: float, score: float, size: int = 20) -> dict:
+    mask = np.zeros((size, size), np.uint8)
+    mask.flat[: round(share * size * size)] = 255
+    return prelabel_from_mask(mask, "m", score)
+
+
+def test_rank_candidates_skips_the_hopeless_and_puts_the_uncertain_first():
+    preds = {"none": _pred(0.0, 0.9), "tiny": _pred(0.01, 0.2), "all": _pred(1.0, 0.1),
+             "sure": _pred(0.5, 0.9), "unsure": _pred(0.3, 0.2), "mid": _pred(0.6, 0.5)}
+    keep, low, high = rank_candidates(preds, min_blur=0.02, max_blur=0.98)
+    assert [r.image_id for r in keep] == ["unsure", "mid", "sure"]
+    assert {r.image_id for r in low} == {"none", "tiny"} and [r.image_id for r in high] == ["all"]
+    assert keep[0].uncertainty == pytest.approx(0.8) and keep[0].blur_degree == pytest.approx(0.3)
+    with pytest.raises(NothingToPush, match="min_blur < max_blur"):
+        rank_candidates(preds, 0.5, 0.4)
+
+
+def test_push_with_rank_leaves_out_the_hopeless_and_pushes_the_uncertain_first(
+        label_studio, tmp_path, request):
+    """Ranking works for any pre-labeller; LBP's Otsu masks give four distinct blur degrees on
+    the four candidate photos, which the test needs."""
+    ws, _ = small_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    rows = catalog.push_candidates(["cand"], client.conn.url, -1)
+    preds = dict(zip([r["image_id"] for r in rows],
+                     make_prelabeller("lbp").predict([ws.objects.root / r["object_path"]
+                                                      for r in rows]), strict=True))
+    degrees = sorted(float(prediction_mask(p).mean() / 255) for p in preds.values())
+    assert len(rows) == 4 and len(set(degrees)) == 4, degrees
+    # thresholds that cut the lowest and the highest predicted degree off
+    lo, hi = (degrees[0] + degrees[1]) / 2, (degrees[-2] + degrees[-1]) / 2
+    r = push(catalog, client, ws, "ranked", sources=["cand"], prelabel="lbp", rank=True,
+             min_blur=lo, max_blur=hi, batch_size=1)
+    assert r.ranked and (r.skipped_no_blur, r.skipped_all_blurred) == (1, 1) and r.pushed == 2
+    pushed = sorted(catalog.tasks(client.conn.url, r.project_id), key=lambda t: t["task_id"])
+    expected, _, _ = rank_candidates(preds, lo, hi)
+    assert [t["image_id"] for t in pushed] == [x.image_id for x in expected]  # in ranked order
+    assert expected[0].uncertainty >= expected[1].uncertainty
+    # the two left out stay candidates: a push without ranking takes them
+    assert push(catalog, client, ws, "ranked", sources=["cand"]).pushed == 2
+    with pytest.raises(NothingToPush, match="needs a pre-labeller"):
+        push(catalog, client, ws, "ranked", rank=True)
