@@ -248,6 +248,61 @@ class Client:
         created = getattr(r, "created", None)
         return int(created) if created is not None else len(request)
 
+    @_guarded("list the project's ML backends")
+    def ml_backends(self, project_id: int) -> list[dict]:
+        return [m.model_dump(mode="json") for m in self.sdk.ml.list(
+            project=project_id, request_options=self._opts())]
+
+    @_guarded("connect the ML backend")
+    def connect_ml_backend(self, project_id: int, url: str, title: str,
+                           owner_prefix: str = "blurset ") -> int:
+        """Connect the ML backend at ``url`` to the project for interactive pre-labels.
+
+        Reuses the connection that points at ``url``, else one whose title starts with
+        ``owner_prefix`` (ours, from an earlier port or model: Label Studio asks only a
+        project's first backend, so a second one would never be used); its title and URL are
+        brought up to date. Label Studio calls the backend's /health and /setup before
+        answering, so it must be running.
+        """
+        existing = self.ml_backends.__wrapped__(self, project_id)
+        same_url = [m for m in existing if (m.get("url") or "").rstrip("/") == url.rstrip("/")]
+        ours = [m for m in existing if (m.get("title") or "").startswith(owner_prefix)]
+        for m in same_url or ours:
+            if (m.get("url"), m.get("title"), m.get("is_interactive")) != (url, title, True):
+                self.sdk.ml.update(id=m["id"], url=url, project=project_id, title=title,
+                                   is_interactive=True, request_options=self._opts())
+            return m["id"]
+        try:
+            return self.sdk.ml.create(project=project_id, url=url, title=title,
+                                      is_interactive=True, request_options=self._opts()).id
+        except ApiError as e:
+            if "reserved network address" not in str(e.body):
+                raise
+            raise LabelStudioError(
+                f"Label Studio at {self.conn.url} refuses to call the ML backend at {url} (its SSRF "
+                f"protection bans the address: {e.body}); a Label Studio started by `blurset "
+                "labelstudio up` allows loopback addresses (restart an older one: `blurset "
+                "labelstudio down`, then `up`); for another, set USE_DEFAULT_BANNED_SUBNETS=false "
+                "and USER_ADDITIONAL_BANNED_SUBNETS to every range but yours on its server") from None
+
+    @_guarded("show the ML backend's predictions to annotators")
+    def use_ml_backend_predictions(self, project_id: int, title: str,
+                                   retrieve_automatically: bool = True) -> None:
+        """Show predictions to annotators, live from the ML backend titled ``title`` (Label
+        Studio asks it when a task without its prediction is opened); with
+        ``retrieve_automatically`` also when the Data Manager lists such tasks."""
+        self.sdk.projects.update(id=project_id, show_collab_predictions=True, model_version=title,
+                                 evaluate_predictions_automatically=retrieve_automatically,
+                                 request_options=self._opts())
+
+    @_guarded("retrieve predictions from the ML backend")
+    def retrieve_predictions(self, project_id: int, task_ids: Sequence[int]) -> None:
+        """Ask the project's ML backend for predictions of these tasks (Label Studio skips the
+        ones already holding a prediction of the backend's model_version) and store them."""
+        self.sdk.actions.create(id="retrieve_tasks_predictions", project=project_id,
+                                selected_items={"all": False, "included": list(task_ids)},
+                                request_options=self._opts())
+
     def close(self) -> None:
         self._http.close()
         self._sdk_http.close()

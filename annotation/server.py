@@ -28,6 +28,16 @@ DEFAULT_TOKEN = "blurset-local-dev-token-0123456789abcdef"  # local server only;
 DEFAULT_USERNAME = "admin@blurset.local"
 DEFAULT_PASSWORD = "blurset-local-admin"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Label Studio 1.23.2's default SSRF-banned subnets (core/utils/io.py validate_ip) without the
+# loopback ones, 127.0.0.0/8 and ::1/128
+BANNED_SUBNETS_BUT_LOOPBACK = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "233.252.0.0/24", "240.0.0.0/4", "255.255.255.255/32",
+    "::/128", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+    "2001:0000::/32", "2001:20::/28", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10",
+    "ff00::/8",
+)
 
 
 class ServerError(RuntimeError):
@@ -155,6 +165,12 @@ class LocalServer:
             "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
             "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
         })
+        if "USE_DEFAULT_BANNED_SUBNETS" not in env:
+            # Label Studio refuses to call loopback addresses (ML backends and their webhooks:
+            # SSRF protection); a local server must reach `blurset labelstudio ml-backend` on
+            # 127.0.0.1, so loopback alone is allowed and every other reserved range stays banned
+            env["USE_DEFAULT_BANNED_SUBNETS"] = "false"
+            env["USER_ADDITIONAL_BANNED_SUBNETS"] = ",".join(BANNED_SUBNETS_BUT_LOOPBACK)
         return env
 
     def _recorded(self) -> dict | None:

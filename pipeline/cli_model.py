@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import Ctx, pass_ctx
+from pipeline.cli_context import Ctx, pass_ctx
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:

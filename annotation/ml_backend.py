@@ -1,0 +1,326 @@
+"""A Label Studio ML backend: live pre-labels for the tasks an annotator opens.
+
+Speaks the protocol Label Studio 1.23 uses with an ML backend (``label_studio/ml/api_connector.py``
+on the server side), with the standard library's ``ThreadingHTTPServer``; the PyPI package
+``label-studio-ml`` (1.0.9) pins Flask 1.1.2 and Werkzeug 2.0.2, which clash with the project's.
+
+- ``GET /health`` → ``{"status": "UP", "model_class", "model_version"}``
+- ``POST /setup`` ``{"project", "schema", ...}`` → ``{"model_version"}``; 400 when the labelling
+  config has no brush for blurred regions
+- ``POST /predict`` ``{"tasks", "project", "label_config", "params"}`` →
+  ``{"results": [{"result", "score", "model_version"}, ...], "model_version"}``, one per task
+- ``POST /webhook`` → ``{}`` (training is not run from Label Studio)
+
+Errors answer ``{"error": message}``, which Label Studio shows or logs. A task's image is the
+local-files URL ``/data/local-files/?d=<path>``; the backend reads ``<document root>/<path>``
+itself (the same root Label Studio serves), refusing paths that leave the root.
+
+The predictor is whatever has ``model_version`` and ``predict(paths) -> [prediction]`` (the
+pre-labellers of ``pipeline/prelabel.py``); this module neither builds nor knows models.
+:class:`BackendProcess` runs the server in the background with its pid and log in a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlparse
+
+from annotation.config import BLUR_TYPE, BRUSH, IMAGE
+
+LOCAL_FILES_PATH = "/data/local-files/"
+MAX_BODY = 64 * 1024 * 1024  # a predict request carries task JSON, not images
+
+
+class Predictor(Protocol):
+    model_version: str
+
+    def predict(self, paths: Sequence[Path]) -> list[dict]:
+        """One Label Studio prediction ``{"result", "score", "model_version"}`` per image."""
+        ...
+
+
+class RequestError(ValueError):
+    """A request the backend cannot answer; the message says what to fix."""
+
+
+def image_path(url: str, root: Path) -> Path:
+    """The file behind a local-files URL (``/data/local-files/?d=rel/path.jpg``, absolute or not).
+
+    Raises RequestError for another kind of URL, a path leaving ``root`` or a missing file.
+    """
+    u = urlparse(url)
+    if u.path.rstrip("/") + "/" != LOCAL_FILES_PATH:
+        raise RequestError(f"image URL {url!r} is not a Label Studio local-files URL "
+                           f"({LOCAL_FILES_PATH}?d=<path>); the backend reads images from its "
+                           f"document root {root} only")
+    rel = parse_qs(u.query).get("d", [""])[0]
+    if not rel:
+        raise RequestError(f"image URL {url!r} has no ?d=<path>")
+    root = root.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root) or Path(rel).is_absolute():
+        raise RequestError(f"image URL {url!r} points outside the document root {root}")
+    if not path.is_file():
+        raise RequestError(f"image {rel!r} of URL {url!r} is not a file under the document root "
+                           f"{root}; start the backend with the document root Label Studio serves "
+                           "(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+    return path
+
+
+def check_label_config(config: str | None) -> set[str]:
+    """The control names of a labelling config, after checking it has blurset's brush.
+
+    Raises RequestError naming the tag to add when the brush on the image is missing.
+    """
+    if not config:
+        return {BRUSH, BLUR_TYPE}
+    try:
+        root = ET.fromstring(config)
+    except ET.ParseError as e:
+        raise RequestError(f"the project's labelling config is not XML ({e})") from None
+    names = {el.get("name") for el in root.iter() if el.get("toName")}
+    brush = [el for el in root.iter("BrushLabels") if el.get("name") == BRUSH]
+    if not brush or brush[0].get("toName") != IMAGE:
+        raise RequestError(f'the project\'s labelling config has no <BrushLabels name="{BRUSH}" '
+                           f'toName="{IMAGE}">; add it, or create the project with blurset '
+                           "(annotation/config.py LABEL_CONFIG)")
+    return {n for n in names if n}
+
+
+class Backend:
+    """The protocol, without HTTP: one predictor, one document root, one prediction at a time."""
+
+    def __init__(self, predictor: Predictor, document_root: Path):
+        self.predictor = predictor
+        self.document_root = Path(document_root).resolve()
+        self._lock = threading.Lock()  # one model, predicting one batch at a time
+
+    @property
+    def model_version(self) -> str:
+        return self.predictor.model_version
+
+    def health(self) -> dict:
+        return {"status": "UP", "model_class": type(self.predictor).__name__,
+                "model_version": self.model_version}
+
+    def setup(self, body: dict) -> dict:
+        check_label_config(body.get("schema"))
+        return {"model_version": self.model_version}
+
+    def predict(self, body: dict) -> dict:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise RequestError('the request has no "tasks" list')
+        controls = check_label_config(body.get("label_config"))
+        paths = []
+        for t in tasks:
+            url = ((t or {}).get("data") or {}).get(IMAGE)
+            if not isinstance(url, str):
+                raise RequestError(f"task {t.get('id')} has no data.{IMAGE} URL")
+            try:
+                paths.append(image_path(url, self.document_root))
+            except RequestError as e:
+                raise RequestError(f"task {t.get('id')}: {e}") from None
+        with self._lock:
+            predictions = self.predictor.predict(paths)
+        results = []
+        for p in predictions:
+            result = [r for r in p["result"] if r.get("from_name") in controls]
+            results.append({"result": result, "score": p.get("score"),
+                            "model_version": p.get("model_version", self.model_version)})
+        return {"results": results, "model_version": self.model_version}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    backend: Backend  # set on the subclass made by make_server
+    server_version = "blurset-ml-backend"
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        if n > MAX_BODY:
+            raise RequestError(f"request body of {n} bytes is over {MAX_BODY}")
+        raw = self.rfile.read(n) if n else b"{}"
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError as e:
+            raise RequestError(f"request body is not JSON ({e})") from None
+        if not isinstance(body, dict):
+            raise RequestError("request body is not a JSON object")
+        return body
+
+    def do_GET(self) -> None:
+        if urlparse(self.path).path.rstrip("/") in ("", "/health"):
+            self._send(HTTPStatus.OK, self.backend.health())
+        elif urlparse(self.path).path.rstrip("/") == "/versions":
+            self._send(HTTPStatus.OK, {"versions": [self.backend.model_version]})
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: GET {self.path}"})
+
+    def do_POST(self) -> None:
+        route = {"/setup": self.backend.setup, "/predict": self.backend.predict,
+                 "/webhook": lambda body: {}}.get(urlparse(self.path).path.rstrip("/"))
+        if route is None:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {self.path}"})
+            return
+        try:
+            self._send(HTTPStatus.OK, route(self._body()))
+        except RequestError as e:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except (OSError, ValueError, RuntimeError) as e:  # the model failed on a readable request
+            self.log_error("prediction failed: %s: %s", type(e).__name__, e)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR,
+                       {"error": f"the model failed: {type(e).__name__}: {e}"})
+
+    def log_message(self, format: str, *args: Any) -> None:  # http.server names it `format`
+        if not getattr(self.server, "quiet", False):
+            super().log_message(format, *args)
+
+
+def make_server(backend: Backend, host: str = "127.0.0.1", port: int = 9090,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    """A server bound to ``host:port`` (port 0: any free one); run it with ``serve_forever()``."""
+    handler = type("Handler", (_Handler,), {"backend": backend})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.quiet = quiet  # type: ignore[attr-defined]
+    return server
+
+
+def health(url: str, timeout: float = 2.0) -> dict | None:
+    """The backend's /health answer, or None when nothing (or something else) answers."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        e.close()
+        return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and body.get("status") == "UP" else None
+
+
+class BackendError(RuntimeError):
+    """The background ML backend could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class BackendProcess:
+    """An ML backend running in the background, its pid and log in ``state_dir``."""
+
+    state_dir: Path
+    url: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "blurset-ml-backend.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "ml-backend.log"
+
+    def recorded(self) -> dict | None:
+        try:
+            return json.loads(self.pid_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        return not cmdline.exists() or b"ml-backend" in cmdline.read_bytes()
+
+    def status(self) -> dict:
+        rec = self.recorded() or {}
+        pid = rec.get("pid")
+        h = health(self.url)
+        return {"url": self.url, "answering": h is not None,
+                "model_version": (h or {}).get("model_version"),
+                "checkpoint": rec.get("checkpoint"),
+                "pid": pid if pid and self._alive(pid) else None, "log": str(self.log_file)}
+
+    def up(self, command: list[str], checkpoint: str, timeout: float = 180.0, log=print) -> dict:
+        """Start ``command`` (a server for ``checkpoint`` at ``url``), or find it running.
+
+        A running backend for another checkpoint is an error: stop it first (``down``).
+        """
+        rec = self.recorded()
+        if rec and self._alive(rec["pid"]):
+            if (rec.get("url"), rec.get("checkpoint")) != (self.url, checkpoint):
+                raise BackendError(f"this workspace's ML backend (pid {rec['pid']}) serves "
+                                   f"{rec.get('checkpoint')!r} at {rec.get('url')}, not "
+                                   f"{checkpoint!r} at {self.url}; stop it with "
+                                   "`blurset labelstudio ml-backend down` first")
+            if health(self.url):
+                log(f"ML backend already running at {self.url} (pid {rec['pid']})")
+                return self.status()
+        elif health(self.url):
+            raise BackendError(f"another ML backend, not started by this workspace, answers at "
+                               f"{self.url}; pick another --port")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        proc = None
+        if not (rec and self._alive(rec["pid"])):
+            with open(self.log_file, "ab") as out:
+                proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            rec = {"pid": proc.pid, "url": self.url, "checkpoint": checkpoint,
+                   "started_at": time.time()}
+            self.pid_file.write_text(json.dumps(rec))
+            log(f"starting the ML backend at {self.url} (pid {proc.pid}); log: {self.log_file}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # our own child is polled: until it execs, /proc shows our command line, not its own
+            if proc.poll() is not None if proc else not self._alive(rec["pid"]):
+                self.pid_file.unlink(missing_ok=True)
+                raise BackendError(f"the ML backend exited while starting; see {self.log_file}")
+            if health(self.url, timeout=1.0):
+                return self.status()
+            time.sleep(0.3)
+        raise BackendError(f"the ML backend did not answer at {self.url}/health within "
+                           f"{timeout:.0f} s; see {self.log_file}")
+
+    def down(self, timeout: float = 15.0) -> bool:
+        """Stop the backend started here; False when none was running."""
+        rec = self.recorded()
+        if not rec or not self._alive(rec["pid"]):
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        pid = rec["pid"]
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._alive(pid):
+            time.sleep(0.2)
+        if self._alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
