@@ -23,8 +23,6 @@ pre-labellers of ``pipeline/prelabel.py``); this module neither builds nor knows
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -40,6 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from annotation.config import BLUR_TYPE, BRUSH, IMAGE
+from annotation.process import alive, stop_group
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_BODY = 64 * 1024 * 1024  # a predict request carries task JSON, not images
@@ -248,14 +247,7 @@ class BackendProcess:
 
     @staticmethod
     def _alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        return not cmdline.exists() or b"ml-backend" in cmdline.read_bytes()
+        return alive(pid, b"ml-backend")
 
     def status(self) -> dict:
         rec = self.recorded() or {}
@@ -312,15 +304,6 @@ class BackendProcess:
         if not rec or not self._alive(rec["pid"]):
             self.pid_file.unlink(missing_ok=True)
             return False
-        pid = rec["pid"]
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._alive(pid):
-            time.sleep(0.2)
-        if self._alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(rec["pid"], b"ml-backend", timeout, 0.2)
         self.pid_file.unlink(missing_ok=True)
         return True

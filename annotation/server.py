@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from annotation.process import alive, stop_group
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -180,14 +181,7 @@ class LocalServer:
             return None
 
     def _alive(self, pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        return not cmdline.exists() or b"label-studio" in cmdline.read_bytes()
+        return alive(pid, b"label-studio")
 
     def status(self) -> dict:
         rec = self._recorded()
@@ -245,15 +239,6 @@ class LocalServer:
         if not rec or not self._alive(rec["pid"]):
             self.pid_file.unlink(missing_ok=True)
             return False
-        pid = rec["pid"]
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._alive(pid):
-            time.sleep(0.3)
-        if self._alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(rec["pid"], b"label-studio", timeout, 0.3)
         self.pid_file.unlink(missing_ok=True)
         return True

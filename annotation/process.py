@@ -1,0 +1,34 @@
+"""Background processes a workspace starts (Label Studio, the ML backend): is it ours, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def alive(pid: int, marker: bytes) -> bool:
+    """Whether ``pid`` runs and is the process we started (its command line holds ``marker``;
+    a recycled pid running something else is not ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or marker in cmdline.read_bytes()
+
+
+def stop_group(pid: int, marker: bytes, timeout: float, poll: float = 0.3) -> None:
+    """SIGTERM the process group of ``pid``, wait up to ``timeout`` s, then SIGKILL it."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid, marker):
+        time.sleep(poll)
+    if alive(pid, marker):
+        os.killpg(pid, signal.SIGKILL)
