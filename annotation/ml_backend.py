@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from annotation.config import BLUR_TYPE, BRUSH, IMAGE
-from annotation.process import alive, stop_group
+from annotation.process import alive, read_record, stop_recorded
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_BODY = 64 * 1024 * 1024  # a predict request carries task JSON, not images
@@ -240,10 +240,7 @@ class BackendProcess:
         return self.state_dir / "ml-backend.log"
 
     def recorded(self) -> dict | None:
-        try:
-            return json.loads(self.pid_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_record(self.pid_file)
 
     @staticmethod
     def _alive(pid: int) -> bool:
@@ -300,10 +297,4 @@ class BackendProcess:
 
     def down(self, timeout: float = 15.0) -> bool:
         """Stop the backend started here; False when none was running."""
-        rec = self.recorded()
-        if not rec or not self._alive(rec["pid"]):
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        stop_group(rec["pid"], b"ml-backend", timeout, 0.2)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stop_recorded(self.pid_file, b"ml-backend", timeout, 0.2)

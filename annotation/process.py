@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -32,3 +33,22 @@ def stop_group(pid: int, marker: bytes, timeout: float, poll: float = 0.3) -> No
         time.sleep(poll)
     if alive(pid, marker):
         os.killpg(pid, signal.SIGKILL)
+
+
+def read_record(pid_file: Path) -> dict | None:
+    """The JSON record (pid, url, …) a start wrote, or None."""
+    try:
+        return json.loads(pid_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def stop_recorded(pid_file: Path, marker: bytes, timeout: float, poll: float = 0.3) -> bool:
+    """Stop the process ``pid_file`` records, if it still runs and is ours; forget the record.
+    False when none was running."""
+    rec = read_record(pid_file)
+    running = bool(rec) and alive(rec["pid"], marker)
+    if running:
+        stop_group(rec["pid"], marker, timeout, poll)
+    pid_file.unlink(missing_ok=True)
+    return running

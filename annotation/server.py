@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from annotation.process import alive, stop_group
+from annotation.process import alive, read_record, stop_recorded
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -175,10 +175,7 @@ class LocalServer:
         return env
 
     def _recorded(self) -> dict | None:
-        try:
-            return json.loads(self.pid_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_record(self.pid_file)
 
     def _alive(self, pid: int) -> bool:
         return alive(pid, b"label-studio")
@@ -235,10 +232,4 @@ class LocalServer:
 
     def down(self, timeout: float = 30.0) -> bool:
         """Stop the server this workspace started; returns False when none was running."""
-        rec = self._recorded()
-        if not rec or not self._alive(rec["pid"]):
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        stop_group(rec["pid"], b"label-studio", timeout, 0.3)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stop_recorded(self.pid_file, b"label-studio", timeout, 0.3)

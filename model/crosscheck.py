@@ -7,7 +7,6 @@ Every method is scored on the images at their own size against the release's mas
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -16,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 
-from model.data import ReleaseRef
+from model.data import ReleaseRef, decode_pair
 from model.evaluate import (
     BASELINES,
     EvalResult,
@@ -46,14 +44,9 @@ def iter_rows(release: ReleaseRef, split: str | None = None) -> Iterator[Row]:
         for g in range(f.num_row_groups):
             t = f.read_row_group(g, columns=["id", "source_path", "image", "mask"])
             for r in t.to_pylist():
-                with Image.open(io.BytesIO(r["image"]["bytes"])) as im:
-                    image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-                with Image.open(io.BytesIO(r["mask"]["bytes"])) as im:
-                    mask = np.asarray(im.convert("L"))
-                if mask.shape != image.shape[:2]:
-                    raise ValueError(f"{release.spec} {shard.file}: row {r['id']} has a "
-                                     f"{mask.shape[1]}×{mask.shape[0]} mask for a "
-                                     f"{image.shape[1]}×{image.shape[0]} image")
+                rgb, grey = decode_pair(r["image"]["bytes"], r["mask"]["bytes"], None,
+                                        f"{r['id']} of {release.spec} {shard.file}")
+                image, mask = np.asarray(rgb), np.asarray(grey)
                 yield Row(r["id"], r["source_path"], image, mask)
 
 

@@ -53,6 +53,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from model.dpn import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -70,8 +72,6 @@ __all__ = [
     "resolve_release",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MANIFEST = "manifest.json"
 RELEASES_ENV = "BLURSET_RELEASES"
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<version>[0-9A-Za-z.+-]+)"
@@ -317,17 +317,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_pair(image: bytes, mask: bytes, size_hint: int, row_id: str = "?"
+def decode_pair(image: bytes, mask: bytes, size_hint: int | None, row_id: str = "?"
                 ) -> tuple[Image.Image, Image.Image]:
     """Image bytes → RGB upright (EXIF orientation applied, as the release's width/height);
     mask bytes → L. JPEGs are decoded at a reduced scale when that still leaves ≥ ``size_hint``
-    pixels a side. Raises ``ValueError`` when the mask's size is not the image's."""
+    pixels a side (None: full size). Raises ``ValueError`` when the mask's size is not the
+    image's."""
     with Image.open(io.BytesIO(image)) as im:
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)
         if orientation in (5, 6, 7, 8):
             w, h = h, w
-        if im.format == "JPEG":
+        if im.format == "JPEG" and size_hint:
             im.draft("RGB", (size_hint, size_hint))
         upright = ImageOps.exif_transpose(im)
         rgb = _to_rgb(upright)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.catalog import SourceConflictError
-from pipeline.cli_context import Ctx, pass_ctx, prefect_env  # noqa: F401 - re-exported
+from pipeline.cli_context import Ctx, pass_ctx, prefect_env, releases_root  # noqa: F401
 from pipeline.ingest import DEFAULT_MAX_PIXELS
 from pipeline.sources import ADAPTERS, LayoutError, scan_source
 
@@ -331,10 +331,6 @@ def release() -> None:
     """Versioned Parquet releases with dataset cards: build, verify, diff, list, publish."""
 
 
-def _releases_root(c: Ctx, root: str | None) -> Path:
-    return Path(root) if root else c.ws.root / "releases"
-
-
 def _split_file(values: tuple[str, ...]):
     """``--split-file F`` (``NAME SPLIT`` lines, or a path with ``{split}``) or one
     ``--split-file SPLIT=LIST`` per split."""
@@ -380,14 +376,14 @@ def release_build(c: Ctx, name: str, version: str, sources: tuple[str, ...],
         validate_version(version)
     except ReleaseError as e:
         raise click.ClickException(str(e)) from None
-    final = _releases_root(c, out_root) / name / version
+    final = releases_root(c, out_root) / name / version
     if final.exists():
         raise click.ClickException(f"release {name} {version} already exists at {final}; a "
                                    "published version is immutable: build a new version instead")
     try:
         r = release_flow(str(ws.root), name, version, list(sources) or None,
                          list(projects) or None, split, _split_file(split_files),
-                         shard_mb * 2**20, license_, str(_releases_root(c, out_root)))
+                         shard_mb * 2**20, license_, str(releases_root(c, out_root)))
     except (ReleaseError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
     splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
@@ -446,9 +442,9 @@ def release_diff(a: str, b: str, fmt: str) -> None:
 def release_list(c: Ctx, root: str | None) -> None:
     """Every complete release, by name and version."""
     from pipeline.releases import list_releases
-    found = list_releases(_releases_root(c, root))
+    found = list_releases(releases_root(c, root))
     if not found:
-        click.echo(f"no releases in {_releases_root(c, root)}")
+        click.echo(f"no releases in {releases_root(c, root)}")
     for r in found:
         splits = ", ".join(f"{k} {v}" for k, v in r.splits.items())
         click.echo(f"{r.name:<20} {r.version:<10} {r.rows:>7} images ({splits}) "

@@ -44,3 +44,8 @@ class Ctx:
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def releases_root(c: Ctx, root: str | None) -> Path:
+    """``--releases-root``/``--out``/``--root`` if given, else WORKSPACE/releases."""
+    return Path(root) if root else c.ws.root / "releases"

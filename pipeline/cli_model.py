@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli_context import Ctx, pass_ctx
+from pipeline.cli_context import releases_root as _releases_dir
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:
@@ -22,10 +23,6 @@ def _model_errors() -> tuple[type[BaseException], ...]:
     from model.train import CheckpointError
     return (ConfigError, CheckpointError, ReleaseNotFoundError, ReleaseSpecError, ImageReadError,
             FileExistsError, FileNotFoundError, ValueError)
-
-
-def _root(c: Ctx, releases_root: str | None) -> Path:
-    return Path(releases_root) if releases_root else c.ws.root / "releases"
 
 
 def _load(checkpoint: str):
@@ -80,7 +77,7 @@ def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resum
     """Train the DPN on a release (one process; several GPUs: torchrun -m model.train)."""
     try:
         r = _train(config_path, train, val, Path(out), resume, sets, backbone_weights,
-                   _root(c, releases_root))
+                   _releases_dir(c, releases_root))
     except _model_errors() as e:
         raise click.ClickException(str(e)) from None
     _print_result(r)
@@ -150,7 +147,7 @@ def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, bas
     from model.data import resolve_release
     from model.evaluate import BASELINES
     model, _meta, size = _load(checkpoint)
-    ref = resolve_release(spec, _root(c, releases_root))
+    ref = resolve_release(spec, _releases_dir(c, releases_root))
     split = split or (ref.split if whole else default_split(ref))
     rows = sum(n for s, n in ref.splits().items() if split in (None, s))
     with tqdm(total=rows, desc=f"score {ref.name}@{ref.version}:{split or 'all'}",
@@ -209,7 +206,7 @@ def crosscheck(c: Ctx, train_spec: str | None, checkpoint: str | None, test_spec
             run = out_dir / "train"
             resume = (run / "checkpoints" / "last.pt").exists()
             r = _train(config_path, train_spec, None, run, resume, sets, None,
-                       _root(c, releases_root))
+                       _releases_dir(c, releases_root))
             _print_result(r)
             checkpoint = str(r.best_checkpoint)
         results = _score_checkpoint(c, checkpoint, test_spec, None, True, "DPN", releases_root,

@@ -160,10 +160,6 @@ class DpnPrelabeller:
             model, meta = load_checkpoint(path)
         except CheckpointError as e:
             raise PrelabelError(f"cannot pre-label with {path}: {e}") from None
-        except (IndexError, EOFError) as e:  # torch.load's unpickler on some garbage bytes;
-            # model.train._read_torch does not turn IndexError into a CheckpointError (yet)
-            raise PrelabelError(f"cannot pre-label with {path}: it is not a blurset checkpoint: "
-                                f"torch.load cannot read it ({type(e).__name__}: {e})") from None
         train = (meta.get("releases") or {}).get("train") or {}
         self.model_version = (f"dpn:{path.stem}@{train.get('name', 'unknown')}"
                               f"@{train.get('version', 'unknown')}")
