@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline annotation model tests benchmarks
+	$(BIN)/ruff check blurset pipeline annotation model tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"

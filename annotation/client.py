@@ -20,8 +20,8 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from annotation.config import LABEL_CONFIG
-from annotation.server import Connection
+from blurset.annotation.config import LABEL_CONFIG
+from blurset.annotation.server import Connection
 
 T = TypeVar("T")
 

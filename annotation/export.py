@@ -1,7 +1,7 @@
 """Reading Label Studio's raw JSON export: tasks, their annotations, brush masks decoded exactly.
 
 The SDK's ``decode_from_annotation`` returns ``{}`` on raw export results, so brush results are
-decoded here from ``value.rle`` with ``annotation.rle``. Several brush results on one annotation
+decoded here from ``value.rle`` with ``blurset.annotation.rle``. Several brush results on one annotation
 (several strokes, or several labels) are united.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from annotation import rle
-from annotation.config import BLUR_TYPE, BRUSH, REJECT
+from blurset.annotation import rle
+from blurset.annotation.config import BLUR_TYPE, BRUSH, REJECT
 
 
 class MaskProblem(ValueError):

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
-from annotation.config import BLUR_TYPE, BRUSH, IMAGE
-from annotation.process import alive, read_record, stop_recorded
+from blurset.annotation.config import BLUR_TYPE, BRUSH, IMAGE
+from blurset.annotation.process import alive, read_record, stop_recorded
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_BODY = 64 * 1024 * 1024  # a predict request carries task JSON, not images

@@ -1,7 +1,7 @@
 """A local Label Studio server: its own virtualenv, its data in the workspace, started and stopped.
 
 Label Studio's server pins (python-json-logger, redis) clash with Prefect's, so it lives in a
-virtualenv of its own (``.venv-labelstudio`` in the repo, or ``$BLURSET_LABEL_STUDIO_VENV``); the
+virtualenv of its own (``$BLURSET_LABEL_STUDIO_VENV``, or a per-user folder); the
 project itself talks to it only through ``label-studio-sdk``. Connection settings are the SDK's:
 ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``; ``up`` starts the server at that URL with that
 token as a legacy API token of a fixed admin user.
@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from annotation.process import alive, read_record, stop_recorded
+from blurset.annotation.process import alive, read_record, stop_recorded
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TOKEN = "blurset-local-dev-token-0123456789abcdef"  # local server only; set your own
 DEFAULT_USERNAME = "admin@blurset.local"
 DEFAULT_PASSWORD = "blurset-local-admin"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Label Studio 1.23.2's default SSRF-banned subnets (core/utils/io.py validate_ip) without the
 # loopback ones, 127.0.0.0/8 and ::1/128
 BANNED_SUBNETS_BUT_LOOPBACK = (
@@ -68,7 +67,13 @@ def document_root(ws_root: Path) -> Path:
 
 
 def venv_dir() -> Path:
-    return Path(os.environ.get("BLURSET_LABEL_STUDIO_VENV") or REPO_ROOT / ".venv-labelstudio")
+    """The Label Studio server's own virtualenv: ``$BLURSET_LABEL_STUDIO_VENV``, else a per-user
+    folder (``$XDG_DATA_HOME/blurset/labelstudio-VERSION``), never inside the installed package."""
+    env = os.environ.get("BLURSET_LABEL_STUDIO_VENV")
+    if env:
+        return Path(env)
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data / "blurset" / f"labelstudio-{LABEL_STUDIO_VERSION}"
 
 
 def label_studio_bin() -> Path:

@@ -1,16 +1,16 @@
-"""Near-duplicate quality on the bench sample: ``pipeline.dedup.find_duplicates`` against
+"""Near-duplicate quality on the bench sample: ``blurset.pipeline.stages.dedup.search.find_duplicates`` against
 imagededup's PHash at its default threshold (10), on the same files.
 
     python benchmarks/dedup_quality.py [--sample DIR] [--seed S] [--threshold T] [--show-misses]
 
-The set is ``pipeline.sample.write_sample(size="bench")`` (written to a temporary folder unless
+The set is ``blurset.pipeline.demo.sample.write_sample(size="bench")`` (written to a temporary folder unless
 ``--sample`` names one already written): CUHK-style references, every transform of
-``pipeline.transforms.TRANSFORMS`` applied to every reference and saved as a candidate, copies
+``blurset.pipeline.demo.transforms.TRANSFORMS`` applied to every reference and saved as a candidate, copies
 of candidates among the candidates, distinct photos, two disjoint crops of one photo and flat
 images as distractors, plus odd-but-valid files (CMYK, 16-bit, palette, alpha, EXIF-rotated).
 
 Both methods see one record per distinct file content (byte-identical files are the sha256
-stage's business, as in ``pipeline.findings``) and the same pairs: candidate-reference and
+stage's business, as in ``blurset.pipeline.stages.dedup.run``) and the same pairs: candidate-reference and
 candidate-candidate (reference-reference pairs are not asked for and are dropped from
 imagededup's answer). Scoring follows ``truth.json``:
 
@@ -90,8 +90,8 @@ def run_ours(sample: Sample, refs: list[str], cands: list[str],
     """Our matches (both verdicts), hashing and dedup seconds."""
     from PIL import Image
 
-    from pipeline.dedup import HashRecord, find_duplicates
-    from pipeline.hashing import hash_opened
+    from blurset.pipeline.stages.dedup.search import HashRecord, find_duplicates
+    from blurset.pipeline.stages.hashing import hash_opened
 
     start = time.perf_counter()
     records = {}
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="blurset-dedupbench-") as tmp:
         root = args.sample
         if root is None:
-            from pipeline.sample import write_sample
+            from blurset.pipeline.demo.sample import write_sample
 
             root = Path(tmp) / "sample"
             write_sample(root, size="bench", seed=args.seed)

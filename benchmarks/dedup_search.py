@@ -4,11 +4,11 @@
 
 For each database size N: N random 64-bit hashes, 1 % of them replaced by near-copies of
 others (0 to ``--radius`` bits flipped), then a radius search (all hashes within ``--radius``
-bits, as ``pipeline.dedup`` does with its default threshold) of a sample of queries (planted
+bits, as ``blurset.pipeline.stages.dedup.search`` does with its default threshold) of a sample of queries (planted
 near-copies included), by
 
 - numpy brute force: ``np.bitwise_count(q ^ db) <= r`` over blocks;
-- faiss ``IndexBinaryFlat`` (exhaustive, SIMD popcount): what ``pipeline.dedup`` uses;
+- faiss ``IndexBinaryFlat`` (exhaustive, SIMD popcount): what ``blurset.pipeline.stages.dedup.search`` uses;
 - faiss ``IndexBinaryMultiHash`` (multi-index hashing: 4 tables of 16 bits, ``r // 4`` bits
   flipped per probe, which is exact for radius ``r``: one 16-bit quarter is within ``r // 4``).
 

@@ -4,7 +4,7 @@ multiply rate would allow.
     python benchmarks/dpn_inference.py [--size 352] [--width 1.0] [--variant deb+bl] [--batch 1]
                                        [--iters N] [--threads T] [--mm-size 2048] [--no-vgg]
 
-Builds ``model.dpn.build_dpn(DPNConfig(variant, width))`` (random weights: speed does not depend
+Builds ``blurset.model.dpn.build_dpn(DPNConfig(variant, width))`` (random weights: speed does not depend
 on them, and nothing is downloaded), in eval mode, and times ``DPN.predict`` on a seeded
 ``(batch, 3, size, size)`` RGB tensor in ``[0, 1]`` under ``torch.inference_mode``, float32, with
 ``--threads`` torch threads (default: every core this process may run on). Measured in the same
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from torchvision.models.vgg import cfgs, make_layers
 
-    from model.dpn import SIZE_MULTIPLE, DPNConfig, build_dpn, count_flops
+    from blurset.model.dpn import SIZE_MULTIPLE, DPNConfig, build_dpn, count_flops
 
     if args.size % SIZE_MULTIPLE:
         parser.error(f"--size must be a multiple of {SIZE_MULTIPLE}, got {args.size}")

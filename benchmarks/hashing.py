@@ -1,4 +1,4 @@
-"""Hashing throughput on one core: ``Image.open`` + ``pipeline.hashing.hash_opened`` against
+"""Hashing throughput on one core: ``Image.open`` + ``blurset.pipeline.stages.hashing.hash_opened`` against
 imagededup's PHash, imagehash's phash, and the limit of decoding alone.
 
     python benchmarks/hashing.py [--images DIR] [--limit N] [--repeats R]
@@ -9,7 +9,7 @@ set to 1 before those libraries load. "decode-only" is ``Image.open`` + the same
 ``hash_opened`` makes + ``load()``: the cost of decoding what the hash needs and nothing else.
 Each method runs ``--repeats`` times, interleaved; its best pass is reported.
 
-Without ``--images``, ~300 JPEGs of ~400×300 are cut from ``pipeline.transforms.photo_pool()``
+Without ``--images``, ~300 JPEGs of ~400×300 are cut from ``blurset.pipeline.demo.transforms.photo_pool()``
 into a temporary folder. The last line is machine-readable:
 ``RESULT ours_img_s=… imagededup_img_s=… imagehash_img_s=… decode_only_img_s=… vs_imagededup=…
 vs_decode=…`` (``vs_decode`` = decode-only throughput / ours, so ≤ 1.5 is the target).
@@ -42,7 +42,7 @@ def make_jpegs(dest: Path, count: int = 300, seed: int = 0) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from pipeline.transforms import photo_pool
+    from blurset.pipeline.demo.transforms import photo_pool
 
     rng = np.random.default_rng(seed)
     pool = photo_pool()
@@ -66,7 +66,7 @@ def methods() -> dict[str, Callable[[Path], object]]:
     from imagededup.methods import PHash
     from PIL import Image
 
-    from pipeline.hashing import THUMB_SIDE, hash_opened
+    from blurset.pipeline.stages.hashing import THUMB_SIDE, hash_opened
 
     dedup_phash = PHash(verbose=False)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from annotation.client import TaskSpec, connect
-from annotation.server import Connection, LocalServer
-from pipeline.labelling import prelabel_from_mask
+from blurset.annotation.client import TaskSpec, connect
+from blurset.annotation.server import Connection, LocalServer
+from blurset.pipeline.stages.labelling.core import prelabel_from_mask
 
-MASKS = Path(__file__).resolve().parents[1] / "pipeline" / "sample_data" / "cuhk_masks"
+MASKS = Path(__file__).resolve().parents[1] / "pipeline" / "demo" / "sample_data" / "cuhk_masks"
 
 
 def free_port() -> int:

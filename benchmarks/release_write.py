@@ -7,7 +7,7 @@ masks are the real CUHK masks in ``../shared/data/cuhk_gt`` (the photos, cut fro
 package-shipped ones, blurred where their mask is 255), ingests it into a fresh workspace, then
 ``--repeats`` times, interleaved (``os.sync()`` before each):
 
-- release: ``pipeline.releases.build_release`` with the published 800/200 split; the time is
+- release: ``blurset.pipeline.release.core.build_release`` with the published 800/200 split; the time is
   its shard-writing step (reading every image and mask object, building the Arrow row groups,
   writing the Parquet shards, sha256 while writing, fsync), from ``ReleaseInfo.timings``;
 - copy: the same image and mask objects read and appended to one file in the same folder,
@@ -42,7 +42,7 @@ def make_cuhk(dest: Path, count: int, seed: int = 0) -> int:
     import numpy as np
     from PIL import Image
 
-    from pipeline.transforms import photo_pool
+    from blurset.pipeline.demo.transforms import photo_pool
 
     masks = sorted((SHARED / "cuhk_gt").glob("*.png"))
     if not masks:
@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep the workspace here (default: a temp dir)")
     args = ap.parse_args(argv)
 
-    from pipeline import releases as R
-    from pipeline.ingest import ingest_batch
-    from pipeline.sources import scan_source
-    from pipeline.workspace import Workspace
+    from blurset.pipeline.release import core as R
+    from blurset.pipeline.stages.ingest import ingest_batch
+    from blurset.pipeline.stages.sources import scan_source
+    from blurset.pipeline.workspace import Workspace
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="release-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Brush RLE speed: ``annotation.rle`` against Label Studio SDK's ``converter.brush``.
+"""Brush RLE speed: ``blurset.annotation.rle`` against Label Studio SDK's ``converter.brush``.
 
     python benchmarks/rle.py [--mask PNG] [--repeats R]
 
@@ -47,7 +47,7 @@ def synthetic_mask(height: int = 480, width: int = 640, seed: int = 0) -> np.nda
 def load_mask(path: Path | None) -> tuple[np.ndarray, str]:
     """The benchmark mask (uint8 0/255) and where it came from."""
     if path is None:
-        bundled = resources.files("pipeline").joinpath("sample_data", "cuhk_masks", BUNDLED_MASK)
+        bundled = resources.files("blurset.pipeline.demo").joinpath("sample_data", "cuhk_masks", BUNDLED_MASK)
         if not bundled.is_file():
             return synthetic_mask(), "synthetic (bundled CUHK mask not found)"
         source, label = bundled.open("rb"), f"bundled CUHK {BUNDLED_MASK}"
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from label_studio_sdk.converter import brush
 
-    from annotation import rle
+    from blurset.annotation import rle
 
     mask, origin = load_mask(args.mask)
     h, w = mask.shape

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from model.dpn import DPN, SIZE_MULTIPLE
+from blurset.model.dpn import DPN, SIZE_MULTIPLE
 
 DEFAULT_SHAKE_THRESHOLD = 0.6  # S above this: the whole frame is blurred, e.g. camera shake
 

@@ -23,12 +23,13 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from model.data import Augment
+from blurset.model.data import Augment
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
@@ -83,8 +84,8 @@ class TrainConfig:
         return cls(**kwargs)
 
     def dpn_config(self):
-        """The model's :class:`model.dpn.DPNConfig`."""
-        from model.dpn import DPNConfig
+        """The model's :class:`blurset.model.dpn.DPNConfig`."""
+        from blurset.model.dpn import DPNConfig
         try:
             return DPNConfig.from_dict(dict(self.model))
         except (TypeError, ValueError, KeyError) as e:
@@ -261,9 +262,28 @@ def _check(c: TrainConfig) -> list[str]:
     return errors
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The training configs shipped with blurset, by name (``dpn-small``, ``dpn-paper``)."""
+    folder = resources.files("blurset.configs")
+    return {Path(e.name).stem: Path(str(e)) for e in folder.iterdir() if e.name.endswith(".yaml")}
+
+
+def config_path(spec: str | os.PathLike) -> Path:
+    """A config file's path: an existing file, else the name of a bundled config."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    name = path.name.removesuffix(".yaml")
+    if name in bundled and len(path.parts) <= 2:
+        return bundled[name]
+    return path
+
+
 def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read a YAML training config; errors name the file, the key and the valid choices."""
-    path = Path(path)
+    """Read a YAML training config (a file, or the name of a bundled one such as ``dpn-small``);
+    errors name the file, the key and the valid choices."""
+    path = config_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -2,7 +2,7 @@
 cross-dataset check of the DPN paper's section 6.2 (train on A, test on B, one table, one figure).
 
 Every method is scored on the images at their own size against the release's masks
-(255 = blurred), with :mod:`model.metrics` (the classic protocol for max F / mean F).
+(255 = blurred), with :mod:`blurset.model.metrics` (the classic protocol for max F / mean F).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from model.data import ReleaseRef, decode_pair
-from model.evaluate import (
+from blurset.model.data import ReleaseRef, decode_pair
+from blurset.model.evaluate import (
     BASELINES,
     EvalResult,
     baseline_map,
@@ -65,7 +65,7 @@ def score_on_release(release: ReleaseRef, split: str | None, *,
 
     Returns {method: EvalResult}, the model first.
     """
-    from model.apply import predict_maps
+    from blurset.model.apply import predict_maps
 
     for b in baselines:
         if b not in BASELINES:

@@ -17,7 +17,7 @@ through ``pipeline/``:
 
 A sample is ``(image (3, S, S) float32 RGB in [0, 1], mask (1, S, S) float32 in [0, 1]
 (1 = blurred), id)``, S = ``input_size`` (352 in the paper). The image is not mean/std-normalised:
-:class:`model.dpn.DPN` does that itself (``normalize=True`` gives ImageNet-normalised images for
+:class:`blurset.model.dpn.DPN` does that itself (``normalize=True`` gives ImageNet-normalised images for
 other models).
 
 Augmentation (DPN paper, training details: copies rotated by 90°, 180°, 270° and rescaled to
@@ -53,7 +53,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from model.dpn import IMAGENET_MEAN, IMAGENET_STD
+from blurset.model.dpn import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -30,7 +30,7 @@ merge methods (a), (b), (c)); backbone, recurrence, BR and heads are the same fo
 - ``"deb"`` / ``"deb+bl"`` (the Distinction Enhanced Block, merge (c)):
   ``^F_i = Cat(F_i, F_{i+1}) + D(F_i)`` with ``Cat = ReLU(conv1×1(Cat[L_i, h]))`` and the
   distinction term ``D = ReLU(conv3×3(L_i - AvgPool_k(L_i)))``. ``"deb+bl"`` is the same network
-  trained with the boundary loss (:func:`model.losses.dpn_loss`, ``boundary_weight > 0``).
+  trained with the boundary loss (:func:`blurset.model.losses.dpn_loss`, ``boundary_weight > 0``).
 
 ``BR`` is the boundary refinement block ``x + conv3×3(ReLU(conv3×3(x)))`` (Peng et al., "Large
 Kernel Matters", CVPR 2017), switchable by :attr:`DPNConfig.boundary_refinement`.

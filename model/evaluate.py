@@ -4,9 +4,9 @@
 - :func:`evaluate_arrays`: ``(map, mask)`` pairs in memory (the training loop's validation).
 - :func:`write_report`: ``metrics.json``, curve CSVs and PR / F / ROC figures of several methods.
 - :func:`format_table`: the numbers as a plain-text table for the CLI.
-- :func:`baseline_map`: blurset's own handcrafted maps (:mod:`model.baselines`) by name.
+- :func:`baseline_map`: blurset's own handcrafted maps (:mod:`blurset.model.baselines`) by name.
 
-Every number follows the protocols of :mod:`model.metrics` (classic ``max_f``/``mean_f``).
+Every number follows the protocols of :mod:`blurset.model.metrics` (classic ``max_f``/``mean_f``).
 Maps are resized to their mask's size (bilinear, antialiased when shrinking, as MATLAB's
 ``imresize``); masks are never resized. Mask polarity is the dataset's: 255 = blurred.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.baselines import laplacian_blur_map, lbp_blur_map
-from model.metrics import METRIC_KEYS, BlurMetrics
+from blurset.model.baselines import laplacian_blur_map, lbp_blur_map
+from blurset.model.metrics import METRIC_KEYS, BlurMetrics
 
 __all__ = [
     "BASELINES",
@@ -68,7 +68,7 @@ _SHOW_MISSING = 5  # stems listed in an unmatched-files error
 
 @dataclass(frozen=True)
 class EvalResult:
-    """One method's evaluation: ``metrics`` is :meth:`model.metrics.BlurMetrics.results`.
+    """One method's evaluation: ``metrics`` is :meth:`blurset.model.metrics.BlurMetrics.results`.
 
     ``stems`` are the evaluated images in order; ``extra_preds`` the maps that had no mask
     (only with ``allow_extra_preds=True``); ``ignored`` the files skipped for their extension;
@@ -466,8 +466,8 @@ def format_table(results: Mapping[str, EvalResult | Mapping[str, Any]]) -> str:
 def baseline_map(name: str, image: np.ndarray, **kwargs: Any) -> np.ndarray:
     """blurset's handcrafted blur map ``name`` of a uint8 RGB ``(H, W, 3)`` or grey image.
 
-    ``"laplacian"``: :func:`model.baselines.laplacian_blur_map` (local Laplacian variance);
-    ``"lbp"``: :func:`model.baselines.lbp_blur_map` (Yi & Eramian's LBP sharpness). ``kwargs``
+    ``"laplacian"``: :func:`blurset.model.baselines.laplacian_blur_map` (local Laplacian variance);
+    ``"lbp"``: :func:`blurset.model.baselines.lbp_blur_map` (Yi & Eramian's LBP sharpness). ``kwargs``
     go to that function (``window``, ``threshold``). Returns float32 ``(H, W)`` in ``[0, 1]``,
     1 = blurred.
     """

@@ -3,7 +3,7 @@
 
 ``total = Σ_k w_k · BCE(logits_k, down_k(target)) + λ · L1(|∇σ(logits_0)|, |∇target|)``
 
-- **Multi-scale supervision**: every output map of :class:`model.dpn.DPN` (finest first) is
+- **Multi-scale supervision**: every output map of :class:`blurset.model.dpn.DPN` (finest first) is
   compared by binary cross-entropy with the ground truth reduced to that map's size by area
   averaging (so a coarse target pixel holds the blurred fraction of the pixels it covers).
 - **Boundary penalty** (the ``"deb+bl"`` variant, ``λ = boundary_weight > 0``): mean absolute
@@ -62,7 +62,7 @@ def dpn_loss(
     """Multi-scale BCE plus (when ``boundary_weight > 0``) the boundary penalty.
 
     Args:
-        outputs: logit maps from :class:`model.dpn.DPN`, finest first; ``outputs[0]`` is
+        outputs: logit maps from :class:`blurset.model.dpn.DPN`, finest first; ``outputs[0]`` is
             ``(B, 1, H, W)``, the others ``(B, 1, h, w)`` with ``h <= H``, ``w <= W``.
         target: ground truth ``(B, 1, H, W)``, float in ``[0, 1]``, 1 = blurred (mask / 255).
         boundary_weight: λ of the boundary term; 0 leaves it out (variants other than "deb+bl").

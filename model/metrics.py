@@ -41,7 +41,7 @@ even for a perfect (all-zero) map, as in the toolboxes: a dataset holding sharp-
 ``max_f`` below 1 for any method. ``results()`` counts them so that a reader can tell.
 
 Pure computation: no I/O. Resizing a map to its mask is the caller's job
-(:func:`model.evaluate.resize_map`); ``step`` refuses mismatched shapes.
+(:func:`blurset.model.evaluate.resize_map`); ``step`` refuses mismatched shapes.
 """
 
 from __future__ import annotations

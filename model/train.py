@@ -14,7 +14,7 @@ best so far, the run (world size, device, AMP, torch version), the blurset versi
 :func:`load_checkpoint` rebuilds the model from it alone.
 
 Determinism: every epoch reseeds ``random``, numpy, torch and the DataLoader's worker seeds from
-(seed, epoch, rank), and :class:`model.data.GroupedSampler` orders samples from (seed, epoch). So
+(seed, epoch, rank), and :class:`blurset.model.data.GroupedSampler` orders samples from (seed, epoch). So
 an epoch draws the same numbers whether the run was resumed before it or not, and a resumed run
 (``resume=True``: weights, optimizer, scaler, epoch, step and best restored from ``last.pt``)
 continues exactly as the uninterrupted run would have (bit for bit on CPU). ``max_steps`` ends
@@ -25,12 +25,12 @@ gloo on CPU), the model wrapped in DistributedDataParallel, each rank reads its 
 training order, validation is split between ranks and its sums all-reduced. ``batch_size`` is per
 process. Entry point::
 
-    torchrun --nproc_per_node 4 -m model.train --config configs/dpn-paper.yaml \\
+    torchrun --nproc_per_node 4 -m blurset.model.train --config configs/dpn-paper.yaml \\
         --train szu-bd@1.0.0 --val szu-bd@1.0.0:test --out runs/dpn-paper
 
 Validation metrics are computed at the input size (the mask resized as the training target), with
-the classic protocol of :mod:`model.metrics` (per-image min-max normalisation, 256 thresholds,
-P and R averaged over images, β² = 0.3); ``model.evaluate`` gives the reportable numbers at each
+the classic protocol of :mod:`blurset.model.metrics` (per-image min-max normalisation, 256 thresholds,
+P and R averaged over images, β² = 0.3); ``blurset.model.evaluate`` gives the reportable numbers at each
 image's own resolution.
 """
 
@@ -62,10 +62,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from model.config import ConfigError, TrainConfig, load_config
-from model.data import GroupedSampler, ReleaseDataset, ReleaseRef, resolve_release
-from model.dpn import DPN, DPNConfig, build_dpn
-from model.losses import dpn_loss
+from blurset.model.config import ConfigError, TrainConfig, load_config
+from blurset.model.data import GroupedSampler, ReleaseDataset, ReleaseRef, resolve_release
+from blurset.model.dpn import DPN, DPNConfig, build_dpn
+from blurset.model.losses import dpn_loss
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "TrainResult", "cli_main", "load_checkpoint",
            "main"]
@@ -575,9 +575,9 @@ def _main(config: TrainConfig, train: ReleaseRef, val: ReleaseRef | None, out_di
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """``python -m model.train --config F --train SPEC [--val SPEC] --out DIR [--resume]``."""
+    """``python -m blurset.model.train --config F --train SPEC [--val SPEC] --out DIR [--resume]``."""
     p = argparse.ArgumentParser(
-        prog="python -m model.train",
+        prog="python -m blurset.model.train",
         description="Train a DPN on a blurset release (runs under torchrun for several GPUs).")
     p.add_argument("--config", required=True, help="training config (YAML)")
     p.add_argument("--train", required=True,

@@ -14,16 +14,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from pipeline import findings as findings_stage
-from pipeline.ingest import (
+from blurset.pipeline.stages.dedup import run as findings_stage
+from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
     BatchResult,
     ingest_batch,
     item_signature,
     quarantine_orphans,
 )
-from pipeline.sources import scan_source
-from pipeline.workspace import Workspace
+from blurset.pipeline.stages.sources import scan_source
+from blurset.pipeline.workspace import Workspace
 
 
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -95,7 +95,7 @@ def ingest_flow(workspace: str, kind: str, name: str, path: str, batch_size: int
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
                show_progress: bool) -> findings_stage.DedupOutcome:
-    from pipeline.catalog import Catalog
+    from blurset.pipeline.catalog import Catalog
     catalog = Catalog(catalog_url)
     bar = tqdm(desc="dedup (search, then verify pairs)", unit="step", disable=not show_progress)
 
@@ -136,9 +136,9 @@ def _slug(name: str) -> str:
 
 def _transient(task, task_run, state) -> bool:
     """Retry a Label Studio task only when the server may come back (not on a refused token)."""
-    from annotation.client import AuthError
-    from pipeline.labelling import NothingToPush
-    from pipeline.prelabel import PrelabelError
+    from blurset.annotation.client import AuthError
+    from blurset.pipeline.stages.labelling.core import NothingToPush
+    from blurset.pipeline.stages.prelabel import PrelabelError
     try:
         state.result()
     except (AuthError, NothingToPush, PrelabelError):
@@ -155,8 +155,8 @@ def push_task(workspace: str, project: str, sources: list[str] | None, limit: in
               min_blur: float = 0.02, max_blur: float = 0.98) -> dict:
     from dataclasses import asdict
 
-    from annotation.client import connect
-    from pipeline.labelling import push
+    from blurset.annotation.client import connect
+    from blurset.pipeline.stages.labelling.core import push
     ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
     try:
@@ -191,8 +191,8 @@ def push_flow(workspace: str, project: str, sources: list[str] | None = None,
 def pull_task(workspace: str, project: str, export_dir: str | None) -> dict:
     from dataclasses import asdict
 
-    from annotation.client import connect
-    from pipeline.labelling import pull
+    from blurset.annotation.client import connect
+    from blurset.pipeline.stages.labelling.core import pull
     ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
     try:
@@ -218,7 +218,7 @@ def prelabel_batch_task(client, workspace: str, labeller, project_id: int, batch
                         ) -> int:
     """Predict one batch and add its predictions (one request). A retry after a lost answer
     may add a batch twice; a later run skips tasks that already hold this model_version."""
-    from pipeline.labelling import prelabel_batch
+    from blurset.pipeline.stages.labelling.core import prelabel_batch
     return prelabel_batch(client, Workspace.open(workspace), labeller, project_id, batch)
 
 
@@ -231,9 +231,9 @@ def prelabel_flow(workspace: str, project: str, checkpoint: str, batch_size: int
     """
     from dataclasses import asdict
 
-    from annotation.client import connect
-    from pipeline.labelling import plan_prelabels
-    from pipeline.prelabel import make_prelabeller
+    from blurset.annotation.client import connect
+    from blurset.pipeline.stages.labelling.core import plan_prelabels
+    from blurset.pipeline.stages.prelabel import make_prelabeller
     labeller = make_prelabeller(checkpoint)  # a bad checkpoint stops here, nothing asked yet
     ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
@@ -264,7 +264,7 @@ def release_task(workspace: str, name: str, version: str, from_sources: list[str
                  license: str, out_root: str | None, show_progress: bool) -> dict:
     from dataclasses import asdict
 
-    from pipeline.releases import build_release
+    from blurset.pipeline.release.core import build_release
     ws = Workspace.open(workspace)
     catalog = ws.catalog()
     try:

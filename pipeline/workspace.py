@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.catalog import Catalog
-from pipeline.store import ObjectStore
+from blurset.pipeline.catalog import Catalog
+from blurset.pipeline.store import ObjectStore
 
 DEFAULT_WORKSPACE = "workspace"
 

@@ -134,7 +134,7 @@ def label_studio(tmp_path_factory):
     Its local-files document root is the session's temp folder, so every test's workspace
     (under tmp_path) can be served. Installs the server's virtualenv on first use (~1 min).
     """
-    from annotation.server import Connection, LocalServer
+    from blurset.annotation.server import Connection, LocalServer
     base = tmp_path_factory.getbasetemp().resolve()
     conn = Connection(f"http://127.0.0.1:{free_port()}", "blurset-test-token-4f1d2c9e8b7a6")
     server = LocalServer(data_dir=base / "label-studio-data", document_root=base, conn=conn)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from skimage.feature import local_binary_pattern
 
-from model import baselines as B
+from blurset.model import baselines as B
 
 BlurMap = Callable[[np.ndarray], np.ndarray]
 MAPS: dict[str, BlurMap] = {"laplacian": B.laplacian_blur_map, "lbp": B.lbp_blur_map}

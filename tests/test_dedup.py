@@ -1,4 +1,4 @@
-"""pipeline.dedup on real photos: every transformation caught, look-alikes not paired."""
+"""blurset.pipeline.stages.dedup.search on real photos: every transformation caught, look-alikes not paired."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import dedup
-from pipeline.dedup import HashRecord, Match, find_duplicates
-from pipeline.hashing import ImageHashes, hash_opened
-from pipeline.transforms import (
+from blurset.pipeline.demo.transforms import (
     TRANSFORMS,
     distinct_crops,
     encode_jpeg,
@@ -21,6 +18,9 @@ from pipeline.transforms import (
     parse_crop_name,
     photo_pool,
 )
+from blurset.pipeline.stages.dedup import search as dedup
+from blurset.pipeline.stages.dedup.search import HashRecord, Match, find_duplicates
+from blurset.pipeline.stages.hashing import ImageHashes, hash_opened
 
 REFERENCE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
 

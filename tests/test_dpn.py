@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from model.dpn import VARIANTS, DPNConfig, build_dpn, count_flops, load_backbone_weights
-from model.losses import boundary_loss, dpn_loss, sobel_magnitude
+from blurset.model.dpn import VARIANTS, DPNConfig, build_dpn, count_flops, load_backbone_weights
+from blurset.model.losses import boundary_loss, dpn_loss, sobel_magnitude
 
 TINY = 0.125  # width multiplier of the test models: F1…F5 have 8, 16, 32, 64, 64 channels
 

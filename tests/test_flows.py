@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.demo import SAMPLE_SOURCES, score_against_truth
-from pipeline.sample import write_sample
+from blurset.pipeline.cli.main import cli
+from blurset.pipeline.demo.run import SAMPLE_SOURCES, score_against_truth
+from blurset.pipeline.demo.sample import write_sample
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_ingest_dedup_report_on_the_sample(prefect_harness, sample, tmp_path):
 
 
 def test_rerun_is_idempotent_and_a_killed_run_resumes(prefect_harness, sample, tmp_path, monkeypatch):
-    from pipeline import flows
+    from blurset.pipeline import flows
 
     ws = tmp_path / "ws"
     real = flows.ingest_batch
@@ -97,7 +97,7 @@ def test_artifacts_are_written(prefect_harness, sample, tmp_path):
 
     from prefect.client.orchestration import get_client
 
-    from pipeline.flows import dedup_flow, ingest_flow
+    from blurset.pipeline.flows import dedup_flow, ingest_flow
     ws = str(tmp_path / "ws")
     ingest_flow(ws, "cuhk", "cuhk", str(sample / "cuhk"), show_progress=False)
     ingest_flow(ws, "dut-omron", "dut-omron", str(sample / "dut-omron"), show_progress=False)

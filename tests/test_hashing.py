@@ -1,4 +1,4 @@
-"""pipeline.hashing: properties of the hashes on real photos, every image mode, EXIF orientation."""
+"""blurset.pipeline.stages.hashing: properties of the hashes on real photos, every image mode, EXIF orientation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy.fft import dctn
 
-from pipeline.hashing import THUMB_SIDE, ImageHashes, hash_opened, phash_hex, phash_of_thumb
-from pipeline.transforms import photo_pool
+from blurset.pipeline.demo.transforms import photo_pool
+from blurset.pipeline.stages.hashing import (
+    THUMB_SIDE,
+    ImageHashes,
+    hash_opened,
+    phash_hex,
+    phash_of_thumb,
+)
 
 # Photos that are not a close-up of a texture (whose hash is noisy) nor one of a stereo pair.
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "clock", "china",
@@ -76,7 +82,7 @@ def test_phash_is_the_dct_hash_of_the_thumb(pool):
 def test_a_resized_copy_stays_within_a_few_bits(pool, name, scale):
     """Within the dedup threshold (12), usually far below: hypothesis once found rocket at 0.47×
     10 bits away, so 8 was too tight a promise."""
-    from pipeline.dedup import DEFAULT_THRESHOLD
+    from blurset.pipeline.stages.dedup.search import DEFAULT_THRESHOLD
 
     image = pool[name]
     small = image.resize((round(400 * scale), round(300 * scale)), Image.Resampling.LANCZOS)

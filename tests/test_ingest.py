@@ -10,11 +10,11 @@ import pytest
 from conftest import jpeg_bytes, photo, png_bytes
 from PIL import Image
 
-from pipeline.catalog import Catalog
-from pipeline.hashing import ImageHashes
-from pipeline.ingest import ingest_batch, item_signature
-from pipeline.sources import LayoutError, scan_source
-from pipeline.store import ObjectStore
+from blurset.pipeline.catalog import Catalog
+from blurset.pipeline.stages.hashing import ImageHashes
+from blurset.pipeline.stages.ingest import ingest_batch, item_signature
+from blurset.pipeline.stages.sources import LayoutError, scan_source
+from blurset.pipeline.store import ObjectStore
 
 
 def ingest_all(root: Path, kind: str, ws: Path, name: str = "src", max_pixels: int = 100_000_000):

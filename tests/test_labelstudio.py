@@ -11,17 +11,17 @@ from click.testing import CliRunner
 from conftest import free_port, jpeg_bytes, photo, png_bytes
 from PIL import Image
 
-from annotation import rle
-from annotation.client import AuthError, Client, Unreachable, connect
-from annotation.config import BLUR_TYPE, REJECT, brush_result, choice_result
-from annotation.server import Connection
-from pipeline.catalog import Catalog
-from pipeline.cli import cli
-from pipeline.findings import run_dedup
-from pipeline.ingest import ingest_batch
-from pipeline.labelling import pull, push, status
-from pipeline.sources import scan_source
-from pipeline.workspace import Workspace
+from blurset.annotation import rle
+from blurset.annotation.client import AuthError, Client, Unreachable, connect
+from blurset.annotation.config import BLUR_TYPE, REJECT, brush_result, choice_result
+from blurset.annotation.server import Connection
+from blurset.pipeline.catalog import Catalog
+from blurset.pipeline.cli.main import cli
+from blurset.pipeline.stages.dedup.run import run_dedup
+from blurset.pipeline.stages.ingest import ingest_batch
+from blurset.pipeline.stages.labelling.core import pull, push, status
+from blurset.pipeline.stages.sources import scan_source
+from blurset.pipeline.workspace import Workspace
 
 
 def ingest(ws: Workspace, kind: str, name: str, root: Path) -> None:
@@ -194,7 +194,7 @@ def test_cli_push_pull_status_and_server_down(label_studio, prefect_harness, tmp
 
 
 def test_up_twice_is_harmless_and_down_stops_only_its_own(label_studio, tmp_path):
-    from annotation.server import LocalServer
+    from blurset.annotation.server import LocalServer
     st = label_studio.up(log=lambda m: None)  # already running: no second server
     assert st["answering"] and st["token_ok"] and st["pid"]
     other = LocalServer(tmp_path / "other-data", tmp_path, label_studio.conn)

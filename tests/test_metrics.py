@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from model import baselines
-from model.evaluate import (
+from blurset.model import baselines
+from blurset.model.evaluate import (
     EvalResult,
     baseline_map,
     evaluate_arrays,
@@ -23,7 +23,7 @@ from model.evaluate import (
     resize_map,
     write_report,
 )
-from model.metrics import METRIC_KEYS, BlurMetrics
+from blurset.model.metrics import METRIC_KEYS, BlurMetrics
 
 # --------------------------------------------------------------------------------------------
 # Fixtures: masks with blurred blobs, noisy maps that partly follow them

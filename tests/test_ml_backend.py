@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from conftest import free_port, jpeg_bytes, photo
 from test_prelabel import MODEL, checkpoints  # noqa: F401 (a tiny trained DPN, module fixture)
 
-from annotation.client import TaskSpec, connect, local_file_url
-from annotation.config import BLUR_TYPE, BRUSH, LABEL_CONFIG
-from annotation.ml_backend import (
+from blurset.annotation.client import TaskSpec, connect, local_file_url
+from blurset.annotation.config import BLUR_TYPE, BRUSH, LABEL_CONFIG
+from blurset.annotation.ml_backend import (
     Backend,
     BackendError,
     BackendProcess,
@@ -26,9 +26,9 @@ from annotation.ml_backend import (
     image_path,
     make_server,
 )
-from pipeline.cli import cli
-from pipeline.cli_ml import backend_title
-from pipeline.prelabel import make_prelabeller, prediction_mask
+from blurset.pipeline.cli.main import cli
+from blurset.pipeline.cli.ml import backend_title
+from blurset.pipeline.stages.prelabel import make_prelabeller, prediction_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

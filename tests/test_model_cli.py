@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 from test_train import write_release
 
-from model.apply import blur_degree, dof_magnify
-from pipeline.cli import cli
+from blurset.model.apply import blur_degree, dof_magnify
+from blurset.pipeline.cli.main import cli
 
 TINY = {"model": {"variant": "deb+bl", "width": 0.125}, "input_size": 64, "batch_size": 4,
         "epochs": 2, "augment": {"rotations": False, "rescales": []}, "seed": 0}

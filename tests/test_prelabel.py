@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from test_labelstudio import blob, small_workspace
 from test_train import write_release
 
-from annotation import rle
-from annotation.client import connect
-from annotation.config import BLUR_TYPE, BLUR_TYPES, BRUSH, brush_result, choice_result
-from pipeline.catalog import Catalog
-from pipeline.cli import cli
-from pipeline.labelling import (
+from blurset.annotation import rle
+from blurset.annotation.client import connect
+from blurset.annotation.config import BLUR_TYPE, BLUR_TYPES, BRUSH, brush_result, choice_result
+from blurset.pipeline.catalog import Catalog
+from blurset.pipeline.cli.main import cli
+from blurset.pipeline.stages.labelling.core import (
     NothingToPush,
     add_prelabels,
     compare_with_prelabel,
@@ -28,7 +28,7 @@ from pipeline.labelling import (
     rank_candidates,
     status,
 )
-from pipeline.prelabel import (
+from blurset.pipeline.stages.prelabel import (
     PrelabelError,
     guess_blur_type,
     make_prelabeller,
@@ -49,9 +49,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A tiny DPN trained for one epoch on a synthetic release, and a copy standing for a newer
     model (another file stem, so another model_version)."""
-    from model.config import TrainConfig
-    from model.data import resolve_release
-    from model.train import main as train_main
+    from blurset.model.config import TrainConfig
+    from blurset.model.data import resolve_release
+    from blurset.model.train import main as train_main
     base = tmp_path_factory.mktemp("prelabel-model")
     write_release(base / "releases", "toy", "1.0.0")
     r = train_main(TrainConfig.from_dict(TINY), train=resolve_release("toy@1.0.0", base / "releases"),
@@ -75,13 +75,13 @@ def predictions_by_task(client, project_id: int) -> dict[int, list[dict]]:
 
 def test_push_with_a_checkpoint_predicts_mask_score_and_blur_type(
         label_studio, checkpoints, tmp_path, request, monkeypatch):
-    import model.train
+    from blurset.model import train as model_train
     ws, gts = small_workspace(tmp_path)
     catalog, client = ws.catalog(), connect()
     request.addfinalizer(client.close)
     loads = []
-    real_load = model.train.load_checkpoint
-    monkeypatch.setattr(model.train, "load_checkpoint",
+    real_load = model_train.load_checkpoint
+    monkeypatch.setattr(model_train, "load_checkpoint",
                         lambda *a, **k: loads.append(a) or real_load(*a, **k))
     r = push(catalog, client, ws, "pre push", batch_size=2, prelabel=str(checkpoints["best"]))
     assert (r.pushed, r.with_prelabel) == (4, 4) and len(loads) == 1  # loaded once, 2 batches

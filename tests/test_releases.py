@@ -19,14 +19,14 @@ import yaml
 from conftest import free_port
 from PIL import Image
 
-from pipeline import releases as R
-from pipeline.catalog import Catalog, MaskRow
-from pipeline.findings import run_dedup
-from pipeline.ingest import encode_png, ingest_batch
-from pipeline.sample import SOURCES, write_sample
-from pipeline.simulate import hidden_truth
-from pipeline.sources import scan_source
-from pipeline.workspace import Workspace
+from blurset.pipeline.catalog import Catalog, MaskRow
+from blurset.pipeline.demo.sample import SOURCES, write_sample
+from blurset.pipeline.demo.simulate import hidden_truth
+from blurset.pipeline.release import core as R
+from blurset.pipeline.stages.dedup.run import run_dedup
+from blurset.pipeline.stages.ingest import encode_png, ingest_batch
+from blurset.pipeline.stages.sources import scan_source
+from blurset.pipeline.workspace import Workspace
 
 SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk_splits"
 KIM = str(SPLITS / "kim_pg2018_{split}_list.txt")
@@ -90,7 +90,7 @@ _ids = itertools.count(1000)
 
 
 def fake_pull(env: Env, project: str, items: list[dict], project_id: int = 7) -> None:
-    """Tasks and their annotations written the way ``pipeline.labelling.pull`` writes them.
+    """Tasks and their annotations written the way ``blurset.pipeline.stages.labelling.core.pull`` writes them.
 
     Each item: image_id, source, rel_path, and either ``reject`` or ``masks`` [(annotator, mask)]
     (the last one is current), with optional ``blur_type`` and ``prelabel``.
@@ -377,7 +377,7 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
     # what `annotate pull` measures for a model pre-label lands in the next version's card
     from sqlalchemy import update
 
-    from pipeline.catalog import annotation_tasks
+    from blurset.pipeline.catalog import annotation_tasks
     with env.catalog.engine.begin() as c:
         c.execute(update(annotation_tasks)
                   .where(annotation_tasks.c.image_id == cuhk[2]["image_id"])

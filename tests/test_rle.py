@@ -1,4 +1,4 @@
-"""annotation.rle against Label Studio's two encoders: the SDK's (``converter.brush``) and the
+"""blurset.annotation.rle against Label Studio's two encoders: the SDK's (``converter.brush``) and the
 editor's (@thi.ng/rle-pack, transliterated below word for word), on masks built here."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from label_studio_sdk.converter import brush
 from PIL import Image
 
-from annotation import rle
+from blurset.annotation import rle
 
 PROPERTY = settings(max_examples=60, deadline=None)
 

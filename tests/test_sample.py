@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline import sample as S
-from pipeline import transforms as T
+from blurset.pipeline.demo import sample as S
+from blurset.pipeline.demo import transforms as T
 
 MASK_SUFFIX = ".png"
 

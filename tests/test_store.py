@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from pipeline.catalog import Catalog, SourceConflictError
-from pipeline.store import ObjectStore
+from blurset.pipeline.catalog import Catalog, SourceConflictError
+from blurset.pipeline.store import ObjectStore
 
 
 def test_put_is_content_addressed_write_once_and_read_only(tmp_path):

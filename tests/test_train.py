@@ -1,4 +1,4 @@
-"""model.data / model.config / model.train on a tiny release built here with pyarrow alone
+"""blurset.model.data / model.config / model.train on a tiny release built here with pyarrow alone
 (the release contract of DESIGN.md, not pipeline/releases.py), and real DPN training runs."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 import yaml
 from PIL import Image, ImageFilter
 
-pytest.importorskip("model.dpn", reason="model/dpn.py is not written yet")
+pytest.importorskip("blurset.model.dpn", reason="model/dpn.py is not written yet")
 
-from model.config import ConfigError, TrainConfig, load_config
-from model.data import (
+from blurset.model.config import ConfigError, TrainConfig, load_config
+from blurset.model.data import (
     Augment,
     GroupedSampler,
     ReleaseDataset,
@@ -32,7 +32,7 @@ from model.data import (
     ReleaseSpecError,
     resolve_release,
 )
-from model.train import (
+from blurset.model.train import (
     CheckpointError,
     curve_sums,
     load_checkpoint,
@@ -234,7 +234,7 @@ def test_grouped_sampler_and_workers(toy):
 
 
 def test_validation_metrics_match_model_metrics():
-    metrics = pytest.importorskip("model.metrics")
+    metrics = pytest.importorskip("blurset.model.metrics")
     gen = torch.Generator().manual_seed(0)
     prob = torch.rand(3, 1, 24, 20, generator=gen)
     mask = (torch.rand(3, 1, 24, 20, generator=gen) > 0.6).float()
@@ -398,7 +398,7 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "model.train", "--config", str(config), "--train", str(toy.path),
+         "-m", "blurset.model.train", "--config", str(config), "--train", str(toy.path),
          "--val", f"{toy.path}:test", "--out", str(out), "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

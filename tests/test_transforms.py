@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline import transforms as T
+from blurset.pipeline.demo import transforms as T
 
 
 @pytest.fixture(scope="module")

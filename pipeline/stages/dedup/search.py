@@ -1,6 +1,6 @@
 """Near-duplicate search over perceptual hashes, then verification of every pair found.
 
-Pure functions over :class:`pipeline.hashing.ImageHashes` (a 64-bit DCT ``phash`` and a 64×64 grey
+Pure functions over :class:`blurset.pipeline.stages.hashing.ImageHashes` (a 64-bit DCT ``phash`` and a 64×64 grey
 ``thumb``, aspect ratio ignored); no catalog, no Prefect. :func:`find_duplicates` checks every
 candidate against every reference and against every other candidate, in two stages.
 
@@ -64,7 +64,7 @@ import cv2
 import faiss
 import numpy as np
 
-from pipeline.hashing import DCT_SIDE, HASH_SIDE, THUMB_SIDE, ImageHashes
+from blurset.pipeline.stages.hashing import DCT_SIDE, HASH_SIDE, THUMB_SIDE, ImageHashes
 
 # Hamming radius of the search. 12 found ≥ 99.5 % of the planted copies on four bench samples;
 # 14 found the last few (copies of one photo whose hash is unstable) for ~1.7× the pairs to verify.

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 
-from pipeline.catalog import SourceConflictError
-from pipeline.cli_context import Ctx, pass_ctx, prefect_env, releases_root  # noqa: F401
-from pipeline.ingest import DEFAULT_MAX_PIXELS
-from pipeline.sources import ADAPTERS, LayoutError, scan_source
+from blurset.pipeline.catalog import SourceConflictError
+from blurset.pipeline.cli.context import Ctx, pass_ctx, prefect_env, releases_root  # noqa: F401
+from blurset.pipeline.stages.ingest import DEFAULT_MAX_PIXELS
+from blurset.pipeline.stages.sources import ADAPTERS, LayoutError, scan_source
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="blurset", prog_name="blurset")
 @click.option("--workspace", "-w", type=click.Path(file_okay=False),
               help="Workspace folder (catalog, objects, quarantine). Default: $BLURSET_WORKSPACE or ./workspace")
 @click.option("--catalog-url", help="SQLAlchemy URL of the catalog (default: SQLite in the workspace).")
@@ -45,7 +46,7 @@ def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path:
                 f"now asked for kind {kind} from {root}. Use another --name for another folder.")
     except (LayoutError, SourceConflictError) as e:
         raise click.ClickException(str(e)) from None
-    from pipeline.flows import ingest_flow
+    from blurset.pipeline.flows import ingest_flow
     s = ingest_flow(str(c.ws.root), kind, name, str(root), batch_size, max_pixels)
     click.echo(f"{name}: {s['found']} images found, {s['ingested']} ingested now, "
                f"{s['found'] - s['new_or_changed']} unchanged, {s['quarantined_now']} quarantined now "
@@ -60,14 +61,14 @@ def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path:
 @pass_ctx
 def dedup(c: Ctx, reference: str, threshold: int | None) -> None:
     """Find candidates that duplicate the reference source or each other; exclude them."""
-    from pipeline.findings import UnknownSourceError
+    from blurset.pipeline.stages.dedup.run import UnknownSourceError
     ws = c.ws
     names = [s["name"] for s in ws.catalog().list_sources()]
     if reference not in names:
         raise click.ClickException(UnknownSourceError(
             f"reference source {reference!r} is not in the catalog; ingested sources: "
             f"{', '.join(names) or 'none'}").args[0])
-    from pipeline.flows import dedup_flow
+    from blurset.pipeline.flows import dedup_flow
     s = dedup_flow(str(ws.root), reference, threshold)
     click.echo(f"dedup against {reference}: {s['candidate_images']} candidate images checked against "
                f"{s['reference_images']} reference images; {s['duplicates']} duplicate pairs "
@@ -83,7 +84,7 @@ def dedup(c: Ctx, reference: str, threshold: int | None) -> None:
 @pass_ctx
 def dups(c: Ctx, fmt: str, sheet: str | None, rejected: bool) -> None:
     """Print the duplicate pairs found by the last dedup run."""
-    from pipeline.findings import contact_sheet, report
+    from blurset.pipeline.stages.dedup.run import contact_sheet, report
     catalog = c.ws.catalog()
     found = catalog.findings("rejected" if rejected else "duplicate")
     click.echo(report(found, fmt), nl=False)
@@ -127,7 +128,7 @@ def status(c: Ctx) -> None:
 @click.option("--seed", default=0, show_default=True)
 def sample(dest: str, size: str, seed: int) -> None:
     """Write the bundled sample (CUHK-, MSRA10K-, DUT-OMRON-style folders) to DEST."""
-    from pipeline.sample import write_sample
+    from blurset.pipeline.demo.sample import write_sample
     try:
         info = write_sample(Path(dest), size=size, seed=seed)
     except FileExistsError as e:
@@ -142,9 +143,9 @@ def sample(dest: str, size: str, seed: int) -> None:
 @click.pass_context
 def demo(ctx: click.Context, demo_dir: str, no_annotate: bool) -> None:
     """The pipeline on the bundled sample: sample → ingest → dedup → Label Studio → pull → releases."""
-    from annotation.client import LabelStudioError
-    from annotation.server import ServerError
-    from pipeline.demo import run_demo
+    from blurset.annotation.client import LabelStudioError
+    from blurset.annotation.server import ServerError
+    from blurset.pipeline.demo.run import run_demo
     c: Ctx = ctx.obj
     if c._workspace_arg is None:
         c._workspace_arg = str(Path(demo_dir) / "workspace")
@@ -160,7 +161,7 @@ def labelstudio() -> None:
 
 
 def _server(c: Ctx):
-    from annotation.server import LocalServer
+    from blurset.annotation.server import LocalServer
     return LocalServer.for_workspace(c.ws.root)
 
 
@@ -169,7 +170,7 @@ def _server(c: Ctx):
 @pass_ctx
 def up(c: Ctx, timeout: float) -> None:
     """Start Label Studio at $LABEL_STUDIO_URL with $LABEL_STUDIO_API_KEY (harmless if running)."""
-    from annotation.server import ServerError
+    from blurset.annotation.server import ServerError
     try:
         st = _server(c).up(timeout=timeout, log=lambda m: click.echo(m, err=True))
     except ServerError as e:
@@ -202,7 +203,7 @@ def annotate() -> None:
 
 
 def _connect():
-    from annotation.client import LabelStudioError, connect
+    from blurset.annotation.client import LabelStudioError, connect
     try:
         return connect()
     except LabelStudioError as e:
@@ -210,9 +211,9 @@ def _connect():
 
 
 def _run_flow(fn, *args):
-    from annotation.client import LabelStudioError
-    from pipeline.labelling import NothingToPush
-    from pipeline.prelabel import PrelabelError
+    from blurset.annotation.client import LabelStudioError
+    from blurset.pipeline.stages.labelling.core import NothingToPush
+    from blurset.pipeline.stages.prelabel import PrelabelError
     try:
         return fn(*args)
     except (LabelStudioError, NothingToPush, PrelabelError) as e:
@@ -222,7 +223,7 @@ def _run_flow(fn, *args):
 def _check_prelabeller(spec: str | None) -> None:
     """A missing checkpoint file is refused before Prefect or Label Studio is asked anything
     (an unreadable one is refused when the flow loads it, also before anything is sent)."""
-    from pipeline.prelabel import HANDCRAFTED
+    from blurset.pipeline.stages.prelabel import HANDCRAFTED
     if spec is not None and spec not in HANDCRAFTED and not Path(spec).is_file():
         raise click.ClickException(f"pre-labeller {spec!r} is neither one of "
                                    f"{', '.join(HANDCRAFTED)} nor an existing DPN checkpoint file")
@@ -251,7 +252,7 @@ def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batc
     ws = c.ws
     _check_prelabeller(prelabel)
     _connect().close()  # a clear error before any flow starts
-    from pipeline.flows import push_flow
+    from blurset.pipeline.flows import push_flow
     if rank and prelabel is None:
         raise click.UsageError("--rank needs --prelabel CHECKPOINT (or laplacian|lbp)")
     r = _run_flow(push_flow, str(ws.root), project, list(sources) or None, limit, batch_size,
@@ -277,7 +278,7 @@ def pull(c: Ctx, project: str, export_dir: str | None) -> None:
     """Export all annotations (snapshot kept), decode the masks, store them in the catalog."""
     ws = c.ws
     _connect().close()
-    from pipeline.flows import pull_flow
+    from blurset.pipeline.flows import pull_flow
     r = _run_flow(pull_flow, str(ws.root), project, export_dir)
     click.echo(f"{project}: {r['tasks']} tasks, {r['annotated']} annotated, {r['rejected']} rejected, "
                f"{r['pending']} pending; {r['masks_stored']} current masks stored; "
@@ -298,7 +299,7 @@ def prelabel(c: Ctx, project: str, checkpoint: str, batch_size: int) -> None:
     ws = c.ws
     _check_prelabeller(checkpoint)
     _connect().close()
-    from pipeline.flows import prelabel_flow
+    from blurset.pipeline.flows import prelabel_flow
     r = _run_flow(prelabel_flow, str(ws.root), project, checkpoint, batch_size, True)
     click.echo(f"{project}: {r['added']} predictions of {r['model_version']} added; skipped "
                f"{r['skipped_annotated']} annotated, {r['skipped_same_model']} already holding "
@@ -310,8 +311,8 @@ def prelabel(c: Ctx, project: str, checkpoint: str, batch_size: int) -> None:
 @pass_ctx
 def annotate_status(c: Ctx, project: str) -> None:
     """Counts of pushed, annotated, rejected and pending tasks (as of the last pull)."""
-    from annotation.server import Connection
-    from pipeline.labelling import status as ann_status
+    from blurset.annotation.server import Connection
+    from blurset.pipeline.stages.labelling.core import status as ann_status
     catalog = c.ws.catalog()
     server = Connection.from_env().url
     rows = [t for t in catalog.task_projects() if t["project"] == project and t["server"] == server]
@@ -367,8 +368,8 @@ def release_build(c: Ctx, name: str, version: str, sources: tuple[str, ...],
                   projects: tuple[str, ...], split: str, split_files: tuple[str, ...],
                   shard_mb: int, license_: str, out_root: str | None) -> None:
     """Write releases/NAME/VERSION: Parquet shards, manifest.json and the dataset card."""
-    from pipeline.flows import release_flow
-    from pipeline.releases import ReleaseError, validate_version
+    from blurset.pipeline.flows import release_flow
+    from blurset.pipeline.release.core import ReleaseError, validate_version
     ws = c.ws
     if not sources and not projects:
         raise click.UsageError("say what to release: --from-source S and/or --project P")
@@ -397,7 +398,7 @@ def release_build(c: Ctx, name: str, version: str, sources: tuple[str, ...],
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def release_verify(path: str) -> None:
     """Recompute every checksum and re-read every row; exit 1 on any problem."""
-    from pipeline.releases import verify_release
+    from blurset.pipeline.release.core import verify_release
     rep = verify_release(path)
     for p in rep.problems:
         click.echo(f"FAIL {p.file}: {p.message}", err=True)
@@ -416,7 +417,7 @@ def release_diff(a: str, b: str, fmt: str) -> None:
     """Images added, removed, and whose mask or split changed from release A to release B."""
     from dataclasses import asdict
 
-    from pipeline.releases import ReleaseError, diff_releases
+    from blurset.pipeline.release.core import ReleaseError, diff_releases
     try:
         d = diff_releases(a, b)
     except (ReleaseError, OSError) as e:
@@ -441,7 +442,7 @@ def release_diff(a: str, b: str, fmt: str) -> None:
 @pass_ctx
 def release_list(c: Ctx, root: str | None) -> None:
     """Every complete release, by name and version."""
-    from pipeline.releases import list_releases
+    from blurset.pipeline.release.core import list_releases
     found = list_releases(releases_root(c, root))
     if not found:
         click.echo(f"no releases in {releases_root(c, root)}")
@@ -459,7 +460,11 @@ def release_list(c: Ctx, root: str | None) -> None:
                    "(client_kwargs)." )
 def release_publish(path: str, url: str, options: tuple[str, ...]) -> None:
     """Verify PATH, then copy it to URL/NAME/VERSION (a folder or s3://bucket/prefix)."""
-    from pipeline.releases import ReleaseError, ReleaseVerificationError, publish_release
+    from blurset.pipeline.release.core import (
+        ReleaseError,
+        ReleaseVerificationError,
+        publish_release,
+    )
     storage: dict = {}
     for o in options:
         if "=" not in o:
@@ -476,11 +481,13 @@ def release_publish(path: str, url: str, options: tuple[str, ...]) -> None:
     click.echo(f"published {path} -> {dest}")
 
 
-from pipeline import cli_model  # the model verbs need `cli` and `pass_ctx` above
+from blurset.pipeline.cli import (
+    model as cli_model,  # the model verbs need `cli` and `pass_ctx` above
+)
 
 cli_model.register(cli)
 
-from pipeline import cli_ml  # the ML backend verbs extend `labelstudio` above
+from blurset.pipeline.cli import ml as cli_ml  # the ML backend verbs extend `labelstudio` above
 
 cli_ml.register(labelstudio)
 

@@ -1,6 +1,6 @@
 """Annotation stages: push images that passed dedup to Label Studio, pull the masks people painted.
 
-Plain functions over the catalog and an ``annotation.client.Client``; ``pipeline.flows`` wraps
+Plain functions over the catalog and an ``blurset.annotation.client.Client``; ``blurset.pipeline.flows`` wraps
 them. The catalog keeps every task id, and a push first reconciles with the project's tasks in
 Label Studio, so a repeated push never creates a duplicate task, also after a crash halfway. Every
 pull keeps the raw export as a snapshot in the workspace, so annotations survive the loss of
@@ -21,19 +21,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from annotation.client import Client, TaskSpec, local_file_url
-from annotation.export import MaskProblem, mean_pairwise_iou, parse_export
-from annotation.server import document_root
-from pipeline.catalog import Catalog, MaskRow
-from pipeline.ingest import encode_png
-from pipeline.prelabel import (
+from blurset.annotation.client import Client, TaskSpec, local_file_url
+from blurset.annotation.export import MaskProblem, mean_pairwise_iou, parse_export
+from blurset.annotation.server import document_root
+from blurset.pipeline.catalog import Catalog, MaskRow
+from blurset.pipeline.stages.ingest import encode_png
+from blurset.pipeline.stages.prelabel import (
     Prelabeller,
     make_prelabeller,
     prediction_mask,
     prelabel_from_mask,
 )
-from pipeline.store import sha256_hex
-from pipeline.workspace import Workspace
+from blurset.pipeline.store import sha256_hex
+from blurset.pipeline.workspace import Workspace
 
 Progress = Callable[[int], None]
 
@@ -144,7 +144,7 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
 
     Pre-labels: a known blur mask (ground truth of the source) always; otherwise, with
     ``prelabel`` set to a handcrafted blur map's name (``laplacian``, ``lbp``) or a DPN
-    checkpoint's path, that pre-labeller's prediction (``pipeline.prelabel``). The pre-labeller
+    checkpoint's path, that pre-labeller's prediction (``blurset.pipeline.stages.prelabel``). The pre-labeller
     is made first, once: a bad checkpoint is refused before anything is sent.
 
     ``rank``: pre-label every candidate first, leave out those with almost no blur or blurred
@@ -410,7 +410,7 @@ def compare_with_prelabel(mask: np.ndarray, annotation: dict, predictions: list[
     ``predictions-*.json`` snapshot), not re-derived: the model that made them may be gone.
     Accepted unchanged: IoU ≥ ``ACCEPTED_IOU``, or the very same RLE.
     """
-    from annotation.export import iou
+    from blurset.annotation.export import iou
     chosen = None
     parent = annotation.get("parent_prediction")
     if parent is not None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.catalog import ImageRow, MaskRow, PathRow, QuarantineRow
-from pipeline.hashing import hash_opened
-from pipeline.sources import OrphanMask, SourceItem
-from pipeline.store import FORMAT_EXTENSIONS, ObjectStore, extension_for, sha256_hex
+from blurset.pipeline.catalog import ImageRow, MaskRow, PathRow, QuarantineRow
+from blurset.pipeline.stages.hashing import hash_opened
+from blurset.pipeline.stages.sources import OrphanMask, SourceItem
+from blurset.pipeline.store import FORMAT_EXTENSIONS, ObjectStore, extension_for, sha256_hex
 
 DEFAULT_MAX_PIXELS = 100_000_000
 EXIF_ORIENTATION = 0x0112

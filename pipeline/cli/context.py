@@ -1,7 +1,7 @@
 """What every `blurset` verb shares: the workspace context and Prefect's settings.
 
 A module of its own so that the verbs in other modules (cli_model, cli_ml) can import it without
-importing ``pipeline.cli`` (which imports them).
+importing ``blurset.pipeline.cli.main`` (which imports them).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.workspace import Workspace
+from blurset.pipeline.workspace import Workspace
 
 
 def prefect_env(ws_root: Path, verbose: bool = False) -> None:

@@ -1,7 +1,7 @@
-"""Dedup stage around the catalog: exact duplicates by sha256, near duplicates by ``pipeline.dedup``,
+"""Dedup stage around the catalog: exact duplicates by sha256, near duplicates by ``blurset.pipeline.stages.dedup.search``,
 findings expanded to source paths, exclusions decided, reports and the contact sheet.
 
-No Prefect here; ``pipeline.flows.dedup_flow`` wraps ``run_dedup``.
+No Prefect here; ``blurset.pipeline.flows.dedup_flow`` wraps ``run_dedup``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from pipeline.catalog import Catalog
-from pipeline.dedup import HashRecord, Match, find_duplicates
-from pipeline.hashing import ImageHashes
-from pipeline.store import ObjectStore
+from blurset.pipeline.catalog import Catalog
+from blurset.pipeline.stages.dedup.search import HashRecord, Match, find_duplicates
+from blurset.pipeline.stages.hashing import ImageHashes
+from blurset.pipeline.store import ObjectStore
 
 REPORT_COLUMNS = ["candidate_source", "candidate_path", "reference_source", "reference_path",
                   "distance", "method"]

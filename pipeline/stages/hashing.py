@@ -12,7 +12,7 @@ pixels; other formats are decoded whole. On one core that is ~4× imagededup's P
 - any mode becomes 8-bit grey: luma for colour (the ITU-R 601 weights libjpeg uses for Y), alpha
   composited over white, 16-bit and 32-bit integer and float images scaled (not clipped) to 0-255;
 - ``thumb``: a 64×64 uint8 grey thumbnail, aspect ratio ignored (area-averaged), kept in the
-  catalog for dedup's verification step (``pipeline.dedup``);
+  catalog for dedup's verification step (``blurset.pipeline.stages.dedup.search``);
 - ``phash``: the 64-bit DCT perceptual hash (Zauner 2010, as in imagehash/imagededup) of the
   thumb: the 8×8 lowest frequencies of the 32×32 DCT of the thumb reduced 2×2, each bit set when
   its coefficient exceeds their median. Bit 63 (the most significant) is coefficient (0, 0), rows

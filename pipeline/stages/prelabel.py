@@ -19,8 +19,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from annotation import rle
-from annotation.config import BLUR_TYPE, BRUSH, brush_result, choice_result
+from blurset.annotation import rle
+from blurset.annotation.config import BLUR_TYPE, BRUSH, brush_result, choice_result
 
 HANDCRAFTED = ("laplacian", "lbp")
 DPN_THRESHOLD = 0.5  # blur map ≥ this → blurred pixel
@@ -116,14 +116,14 @@ class HandcraftedPrelabeller:
     """
 
     def __init__(self, name: str):
-        from model import baselines
+        from blurset.model import baselines
         self.name = name
         self.model_version = f"{name}-blur-map@blurset"
         self._map = {"laplacian": baselines.laplacian_blur_map, "lbp": baselines.lbp_blur_map}[name]
         self._threshold = baselines.blur_mask_from_map
 
     def predict(self, paths: Sequence[Path]) -> list[dict]:
-        from model.apply import read_rgb
+        from blurset.model.apply import read_rgb
         out = []
         for p in paths:
             gray = _gray(read_rgb(p))
@@ -151,7 +151,7 @@ class DpnPrelabeller:
     """
 
     def __init__(self, checkpoint: str | Path, batch_size: int = 4):
-        from model.train import CheckpointError, load_checkpoint
+        from blurset.model.train import CheckpointError, load_checkpoint
         path = Path(checkpoint)
         if not path.is_file():
             raise PrelabelError(f"pre-labeller {str(checkpoint)!r} is neither one of "
@@ -167,7 +167,7 @@ class DpnPrelabeller:
         self.batch_size = batch_size
 
     def predict(self, paths: Sequence[Path]) -> list[dict]:
-        from model.apply import predict_maps, read_rgb
+        from blurset.model.apply import predict_maps, read_rgb
         rgbs = [read_rgb(p) for p in paths]
         maps = predict_maps(self._loaded.model, rgbs, input_size=self._loaded.input_size,
                             batch_size=self.batch_size)

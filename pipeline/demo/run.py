@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.workspace import Workspace
+from blurset.pipeline.workspace import Workspace
 
 SAMPLE_SOURCES = [("cuhk", "cuhk"), ("msra10k", "msra10k"), ("dut-omron", "dut-omron"),
                   ("folder", "extra")]  # (kind, name); the sample's folder for each is its name
@@ -38,9 +38,9 @@ def score_against_truth(truth: dict, found: list[dict]) -> dict:
 
 
 def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
-    from pipeline.findings import contact_sheet
-    from pipeline.flows import dedup_flow, ingest_flow
-    from pipeline.sample import write_sample
+    from blurset.pipeline.demo.sample import write_sample
+    from blurset.pipeline.flows import dedup_flow, ingest_flow
+    from blurset.pipeline.stages.dedup.run import contact_sheet
 
     steps = 11 if annotate else 5
     sample_dir = demo_dir / "sample"
@@ -96,11 +96,11 @@ DEMO_PROJECT = "blurset demo"
 
 def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: int,
               checkpoint: str) -> dict:
-    from annotation.client import connect
-    from annotation.server import LocalServer
-    from pipeline.flows import pull_flow, push_flow
-    from pipeline.labelling import status
-    from pipeline.simulate import simulate
+    from blurset.annotation.client import connect
+    from blurset.annotation.server import LocalServer
+    from blurset.pipeline.demo.simulate import simulate
+    from blurset.pipeline.flows import pull_flow, push_flow
+    from blurset.pipeline.stages.labelling.core import status
 
     server = LocalServer.for_workspace(ws.root)
     click.echo(f"[7/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
@@ -139,8 +139,8 @@ DEMO_RELEASES = [("cuhk-sample", "1.0.0", {"from_sources": ["cuhk"]}),
 
 def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
     """Build (or reuse) the sample releases in ``wanted`` and verify them."""
-    from pipeline.flows import release_flow
-    from pipeline.releases import verify_release
+    from blurset.pipeline.flows import release_flow
+    from blurset.pipeline.release.core import verify_release
 
     click.echo(f"[{step}/{steps}] release {', '.join(f'{n} {v}' for n, v, _ in wanted)} (Prefect "
                "flow 'release-build'): Parquet shards, manifest, dataset card")
@@ -161,19 +161,19 @@ def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
     return out
 
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dpn-small.yaml"
+DEMO_CONFIG = "dpn-small"  # bundled with blurset (configs/dpn-small.yaml)
 
 
 def _train(demo_dir: Path, ws: Workspace, step: int, steps: int) -> dict:
     """Train (or reuse) a small DPN on cuhk-sample."""
-    from model.config import load_config
-    from model.data import resolve_release
-    from model.train import main as train_main
+    from blurset.model.config import load_config
+    from blurset.model.data import resolve_release
+    from blurset.model.train import main as train_main
 
     run = demo_dir / "dpn"
     config = load_config(DEMO_CONFIG)
     resume = (run / "checkpoints" / "last.pt").exists()
-    click.echo(f"[{step}/{steps}] training a small DPN on cuhk-sample 1.0.0 ({DEMO_CONFIG.name}: "
+    click.echo(f"[{step}/{steps}] training a small DPN on cuhk-sample 1.0.0 ({DEMO_CONFIG}: "
                f"width {config.model.get('width')}, input {config.input_size}², at most "
                f"{config.max_steps} steps; CPU)" + (" — reusing the run" if resume else ""))
     r = train_main(config, train=resolve_release("cuhk-sample@1.0.0", ws.root / "releases"),
@@ -184,10 +184,10 @@ def _train(demo_dir: Path, ws: Workspace, step: int, steps: int) -> dict:
 
 def _crosscheck(demo_dir: Path, ws: Workspace, dpn: dict, steps: int) -> dict:
     """DPN and the handcrafted maps on all of szubd-sample (never trained on)."""
-    from model.crosscheck import score_on_release, write_scores
-    from model.data import resolve_release
-    from model.evaluate import format_table
-    from model.train import load_checkpoint
+    from blurset.model.crosscheck import score_on_release, write_scores
+    from blurset.model.data import resolve_release
+    from blurset.model.evaluate import format_table
+    from blurset.model.train import load_checkpoint
 
     click.echo(f"[{steps}/{steps}] cross-dataset check: DPN (trained on cuhk-sample) and the "
                "handcrafted maps on all of szubd-sample 1.0.0")

@@ -12,30 +12,30 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_context import Ctx, pass_ctx
-from pipeline.cli_context import releases_root as _releases_dir
+from blurset.pipeline.cli.context import Ctx, pass_ctx
+from blurset.pipeline.cli.context import releases_root as _releases_dir
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:
-    from model.apply import ImageReadError
-    from model.config import ConfigError
-    from model.data import ReleaseNotFoundError, ReleaseSpecError
-    from model.train import CheckpointError
+    from blurset.model.apply import ImageReadError
+    from blurset.model.config import ConfigError
+    from blurset.model.data import ReleaseNotFoundError, ReleaseSpecError
+    from blurset.model.train import CheckpointError
     return (ConfigError, CheckpointError, ReleaseNotFoundError, ReleaseSpecError, ImageReadError,
             FileExistsError, FileNotFoundError, ValueError)
 
 
 def _load(checkpoint: str):
-    from model.train import load_checkpoint
+    from blurset.model.train import load_checkpoint
     model, meta = load_checkpoint(checkpoint)
     return model, meta, int(meta.get("config", {}).get("input_size", 352))
 
 
 def _train(config_path: str, train: str, val: str | None, out: Path, resume: bool,
            sets: tuple[str, ...], backbone_weights: str | None, root: Path):
-    from model.config import load_config
-    from model.data import resolve_release
-    from model.train import main as train_main
+    from blurset.model.config import load_config
+    from blurset.model.data import resolve_release
+    from blurset.model.train import main as train_main
     config = load_config(config_path)
     overrides = list(sets) + ([f"backbone_weights={backbone_weights}"] if backbone_weights else [])
     if overrides:
@@ -74,7 +74,7 @@ def _print_result(r) -> None:
 @pass_ctx
 def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resume: bool,
           sets: tuple[str, ...], backbone_weights: str | None, releases_root: str | None) -> None:
-    """Train the DPN on a release (one process; several GPUs: torchrun -m model.train)."""
+    """Train the DPN on a release (one process; several GPUs: torchrun -m blurset.model.train)."""
     try:
         r = _train(config_path, train, val, Path(out), resume, sets, backbone_weights,
                    _releases_dir(c, releases_root))
@@ -110,7 +110,7 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
              baselines: bool, name: str | None, out: str | None, json_path: str | None,
              force: bool, releases_root: str | None) -> None:
     """Score blur maps: a checkpoint on a release, or any method's maps against masks."""
-    from model.evaluate import format_table
+    from blurset.model.evaluate import format_table
     if bool(checkpoint) == bool(pred_dir):
         raise click.UsageError("give either --checkpoint with --release, or --pred-dir with --gt-dir")
     try:
@@ -122,7 +122,7 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
         else:
             if not gt_dir:
                 raise click.UsageError("--pred-dir needs --gt-dir")
-            from model.evaluate import evaluate_dirs
+            from blurset.model.evaluate import evaluate_dirs
             label = name or Path(pred_dir).name
             r = evaluate_dirs(pred_dir, gt_dir, invert_gt=invert_gt, invert_pred=invert_pred,
                               name=label)
@@ -143,9 +143,9 @@ def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, bas
                       name: str, releases_root: str | None, whole: bool = False) -> dict:
     from tqdm import tqdm
 
-    from model.crosscheck import default_split, score_on_release
-    from model.data import resolve_release
-    from model.evaluate import BASELINES
+    from blurset.model.crosscheck import default_split, score_on_release
+    from blurset.model.data import resolve_release
+    from blurset.model.evaluate import BASELINES
     model, _meta, size = _load(checkpoint)
     ref = resolve_release(spec, _releases_dir(c, releases_root))
     split = split or (ref.split if whole else default_split(ref))
@@ -157,14 +157,14 @@ def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, bas
 
 
 def _write(results: dict, out: str, force: bool) -> dict:
-    from model.crosscheck import write_scores
+    from blurset.model.crosscheck import write_scores
     return write_scores(results, out, force=force)
 
 
 def _write_json(results: dict, paths: dict, path: Path) -> None:
     """The first method's numbers at the top level (``mae``, ``max_f``, …), the others under
     ``others``, the curves' CSV paths under ``curves``."""
-    from model.evaluate import SUMMARY_KEYS
+    from blurset.model.evaluate import SUMMARY_KEYS
     data = {name: {k: r.metrics[k] for k in SUMMARY_KEYS if k in r.metrics}
             for name, r in results.items()}
     first = next(iter(data))
@@ -195,7 +195,7 @@ def crosscheck(c: Ctx, train_spec: str | None, checkpoint: str | None, test_spec
                config_path: str | None, sets: tuple[str, ...], out: str,
                releases_root: str | None) -> None:
     """Cross-dataset check (DPN paper 6.2): train on A, score DPN and baselines on B."""
-    from model.evaluate import format_table
+    from blurset.model.evaluate import format_table
     if bool(train_spec) == bool(checkpoint):
         raise click.UsageError("give --train NAME@VERSION (with --config) or --checkpoint C")
     out_dir = Path(out)
@@ -228,7 +228,7 @@ def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
     """Blur maps of IMAGES as 8-bit PNG at each image's size."""
     from tqdm import tqdm
 
-    from model.apply import map_to_png, output_name, predict_maps, read_rgb
+    from blurset.model.apply import map_to_png, output_name, predict_maps, read_rgb
     try:
         model, _, size = _load(checkpoint)
         out_dir = Path(out)
@@ -251,7 +251,7 @@ def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
 def blur_degree_cmd(images: tuple[str, ...], checkpoint: str, threshold: float,
                     csv_path: str | None) -> None:
     """Blur degree S (mean of the blur map) of each image, and a camera-shake flag (CSV)."""
-    from model.apply import blur_degree, predict_maps, read_rgb
+    from blurset.model.apply import blur_degree, predict_maps, read_rgb
     try:
         model, _, size = _load(checkpoint)
         rows = [blur_degree(p, predict_maps(model, [read_rgb(p)], input_size=size)[0], threshold)
@@ -282,7 +282,7 @@ def dof_magnify_cmd(image: str, checkpoint: str, out: str, strength: float, feat
     """Depth-of-field magnification: keep the in-focus region, blur the background more."""
     from PIL import Image
 
-    from model.apply import dof_magnify, predict_maps, read_rgb
+    from blurset.model.apply import dof_magnify, predict_maps, read_rgb
     try:
         model, _, size = _load(checkpoint)
         rgb = read_rgb(image)

@@ -12,7 +12,7 @@ shapes bundled in ``pipeline/sample_data/cuhk_masks``, without any download::
 
 The distinct candidate photos of msra10k and dut-omron are blur composites made exactly like the
 references (a real CUHK mask shape, its region blurred with a defocus disk or a motion kernel, the
-rest sharp), so that people (or, in the demo, :mod:`pipeline.simulate`) have blur to paint. Their
+rest sharp), so that people (or, in the demo, :mod:`blurset.pipeline.demo.simulate`) have blur to paint. Their
 true masks live outside every source root, where no ingest sees them.
 
 Every path in ``truth.json`` is ``<source>/<path relative to that source's root folder>``, which is
@@ -25,7 +25,7 @@ their path relative to ``dest`` too. Its keys:
   (``distinct``, ``planted``, ``candidate_copy``, ``exact_duplicate``, ``crop_pair``, ``flat``,
   ``odd``, ``bad``). Two files with the same ``photo`` show the same photo: duplicates.
 - ``planted_pairs`` (candidate → reference), ``candidate_pairs`` (dut-omron → msra10k), each with
-  ``transform`` (a :data:`pipeline.transforms.TRANSFORMS` key) and the ``steps`` applied;
+  ``transform`` (a :data:`blurset.pipeline.demo.transforms.TRANSFORMS` key) and the ``steps`` applied;
   ``exact_duplicates`` (byte-identical ``a``/``b``); ``must_not_match`` (look-alike pairs of
   different photos, with ``why``).
 - ``bad_files``: special files with the expected ingest outcome: ``quarantine`` with a ``reason``
@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline import transforms as T
+from blurset.pipeline.demo import transforms as T
 
 SOURCES: dict[str, str] = {  # source name -> adapter kind; each root is dest/<name>
     "cuhk": "cuhk",
@@ -336,7 +336,7 @@ class _Reference:
 
 def _load_masks() -> list[_MaskShape]:
     """The bundled CUHK masks, sorted by name."""
-    folder = resources.files("pipeline").joinpath("sample_data", "cuhk_masks")
+    folder = resources.files("blurset.pipeline.demo").joinpath("sample_data", "cuhk_masks")
     masks = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".png"):

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ import yaml
 from PIL import Image
 from sqlalchemy import and_, select
 
-from pipeline.catalog import (
+from blurset.pipeline.catalog import (
     Catalog,
     annotation_tasks,
     annotations,
@@ -59,7 +60,7 @@ from pipeline.catalog import (
     images,
     masks,
 )
-from pipeline.workspace import Workspace
+from blurset.pipeline.workspace import Workspace
 
 FORMAT = "blurset-release/1"
 DEFAULT_SPLIT = "train=0.8,test=0.2"
@@ -71,7 +72,6 @@ MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.json.sha256"
 CARD = "README.md"
 HISTOGRAM = "blur_degree.png"
-TEMPLATE = Path(__file__).resolve().parent.parent / "dataset_cards" / "template.md"
 
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -948,7 +948,7 @@ def build_release(ws: Workspace, catalog: Catalog, name: str, version: str, *,
                                 split_names, shards, degrees, changelog, ratios, split_files,
                                 fixed, inherited)
         hist = _histogram_png(sel.rows, degrees)
-        card = _render_card(Path(template) if template else TEMPLATE, context)
+        card = _render_card(Path(template) if template else default_template(), context)
         files = [_write_file(tmp / CARD, card.encode("utf-8")),
                  _write_file(tmp / HISTOGRAM, hist)]
         manifest = {
@@ -1191,6 +1191,11 @@ def _card_context(catalog: Catalog, ws: Workspace, name: str, version: str, lice
                                        if c.image_id not in fixed and c.image_id in inherited)},
         "shards": shards,
     }
+
+
+def default_template() -> Path:
+    """The dataset card template shipped with blurset (package data)."""
+    return Path(str(resources.files("blurset.dataset_cards").joinpath("template.md")))
 
 
 def _render_card(template: Path, context: dict) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_context import Ctx, pass_ctx
+from blurset.pipeline.cli.context import Ctx, pass_ctx
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
@@ -20,7 +20,7 @@ DEFAULT_PORT = 9090
 
 def _spec(checkpoint: str) -> str:
     """A handcrafted name as is, a checkpoint as an absolute path (refused if missing)."""
-    from pipeline.prelabel import HANDCRAFTED
+    from blurset.pipeline.stages.prelabel import HANDCRAFTED
     if checkpoint in HANDCRAFTED:
         return checkpoint
     path = Path(checkpoint)
@@ -31,7 +31,7 @@ def _spec(checkpoint: str) -> str:
 
 
 def _process(c: Ctx, port: int):
-    from annotation.ml_backend import BackendProcess
+    from blurset.annotation.ml_backend import BackendProcess
     return BackendProcess(c.ws.root / "ml-backend", f"http://{HOST}:{port}")
 
 
@@ -54,9 +54,9 @@ def register(labelstudio: click.Group) -> None:
     @pass_ctx
     def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: str | None) -> None:
         """Run the ML backend in the foreground (what `up` starts in the background)."""
-        from annotation.ml_backend import Backend, make_server
-        from annotation.server import document_root as default_root
-        from pipeline.prelabel import PrelabelError, make_prelabeller
+        from blurset.annotation.ml_backend import Backend, make_server
+        from blurset.annotation.server import document_root as default_root
+        from blurset.pipeline.stages.prelabel import PrelabelError, make_prelabeller
         try:
             predictor = make_prelabeller(_spec(checkpoint))
         except PrelabelError as e:
@@ -86,12 +86,12 @@ def register(labelstudio: click.Group) -> None:
            retrieve_automatically: bool, timeout: float) -> None:
         """Start the ML backend in the background (or find it running) and connect it to a
         project: Label Studio then asks it for a pre-label when an annotator opens a task."""
-        from annotation.client import LabelStudioError
-        from annotation.ml_backend import BackendError
-        from annotation.server import document_root
+        from blurset.annotation.client import LabelStudioError
+        from blurset.annotation.ml_backend import BackendError
+        from blurset.annotation.server import document_root
         spec = _spec(checkpoint)
         proc = _process(c, port)
-        command = [sys.executable, "-c", "from pipeline.cli import main; main()", "-w", str(c.ws.root), "labelstudio",
+        command = [sys.executable, "-c", "from blurset.pipeline.cli.main import main; main()", "-w", str(c.ws.root), "labelstudio",
                    "ml-backend", "serve", "--checkpoint", spec, "--host", HOST, "--port", str(port),
                    "--document-root", str(document_root(c.ws.root))]
         try:
@@ -136,5 +136,5 @@ def register(labelstudio: click.Group) -> None:
 
 
 def _connect():
-    from pipeline.cli import _connect as connect
+    from blurset.pipeline.cli.main import _connect as connect
     return connect()

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from annotation import rle
-from annotation.client import Client
-from annotation.config import BLUR_TYPE, REJECT, brush_result, choice_result
-from pipeline.catalog import Catalog
+from blurset.annotation import rle
+from blurset.annotation.client import Client
+from blurset.annotation.config import BLUR_TYPE, REJECT, brush_result, choice_result
+from blurset.pipeline.catalog import Catalog
 
 SIMULATED = ("simulated-annotator-1@blurset.local", "simulated-annotator-2@blurset.local")
 

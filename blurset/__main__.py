@@ -1,0 +1,5 @@
+"""``python -m blurset``: the command line."""
+
+from blurset.pipeline.cli.main import main
+
+main()
