@@ -22,11 +22,12 @@ from label_studio_sdk.core.api_error import ApiError
 
 from blurset.annotation.config import LABEL_CONFIG
 from blurset.annotation.server import Connection
+from blurset.errors import ServiceError
 
 T = TypeVar("T")
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(ServiceError, RuntimeError):
     """Label Studio answered with an error, or not at all; the message says which and where."""
 
 

@@ -14,9 +14,10 @@ import numpy as np
 
 from blurset.annotation import rle
 from blurset.annotation.config import BLUR_TYPE, BRUSH, REJECT
+from blurset.errors import InputError
 
 
-class MaskProblem(ValueError):
+class MaskProblem(InputError):
     """An annotation whose mask cannot be used as is; the message says why."""
 
 

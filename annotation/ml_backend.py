@@ -39,6 +39,7 @@ from urllib.parse import parse_qs, urlparse
 
 from blurset.annotation.config import BLUR_TYPE, BRUSH, IMAGE
 from blurset.annotation.process import alive, read_record, stop_recorded
+from blurset.errors import InputError, ServiceError
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_BODY = 64 * 1024 * 1024  # a predict request carries task JSON, not images
@@ -52,7 +53,7 @@ class Predictor(Protocol):
         ...
 
 
-class RequestError(ValueError):
+class RequestError(InputError):
     """A request the backend cannot answer; the message says what to fix."""
 
 
@@ -220,7 +221,7 @@ def health(url: str, timeout: float = 2.0) -> dict | None:
     return body if isinstance(body, dict) and body.get("status") == "UP" else None
 
 
-class BackendError(RuntimeError):
+class BackendError(ServiceError, RuntimeError):
     """The background ML backend could not be started, reached or stopped."""
 
 

@@ -36,6 +36,8 @@ from typing import Literal
 
 import numpy as np
 
+from blurset.errors import InputError
+
 __all__ = ["RleError", "decode", "decode_rgba", "encode"]
 
 WORD_BITS = 8  # Label Studio's brush words are the RGBA bytes
@@ -47,7 +49,7 @@ CHANNELS = 4  # RGBA
 Flavor = Literal["sdk", "frontend"]
 
 
-class RleError(ValueError):
+class RleError(InputError):
     """The RLE is malformed, or does not describe an image of the expected size."""
 
 

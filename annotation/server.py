@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from blurset.annotation.process import alive, read_record, stop_recorded
+from blurset.errors import ServiceError
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -40,7 +41,7 @@ BANNED_SUBNETS_BUT_LOOPBACK = (
 )
 
 
-class ServerError(RuntimeError):
+class ServerError(ServiceError, RuntimeError):
     """The local Label Studio server could not be installed, started, reached or stopped."""
 
 

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from blurset.errors import InputError
 from blurset.model.dpn import DPN, SIZE_MULTIPLE
 
 DEFAULT_SHAKE_THRESHOLD = 0.6  # S above this: the whole frame is blurred, e.g. camera shake
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An input file that is not a readable image."""
 
 

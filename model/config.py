@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from blurset.errors import InputError
 from blurset.model.data import Augment
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
@@ -37,7 +38,7 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A training config is invalid; the message names the key, the value and what is valid."""
 
 

@@ -53,6 +53,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from blurset.errors import InputError, NotFoundError
 from blurset.model.dpn import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -81,11 +82,11 @@ _SHARD_NAME = re.compile(r"^(?:.*/)?([A-Za-z][A-Za-z0-9_]*)-\d{5}-of-\d{5}\.parq
 _COLUMNS = ["id", "image", "mask"]
 
 
-class ReleaseSpecError(ValueError):
+class ReleaseSpecError(InputError):
     """A release spec or manifest cannot be understood; the message says what was expected."""
 
 
-class ReleaseNotFoundError(FileNotFoundError):
+class ReleaseNotFoundError(NotFoundError, FileNotFoundError):
     """No release at the place a spec names; the message lists what exists there."""
 
 

@@ -62,6 +62,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from blurset.errors import InputError
 from blurset.model.config import ConfigError, TrainConfig, load_config
 from blurset.model.data import GroupedSampler, ReleaseDataset, ReleaseRef, resolve_release
 from blurset.model.dpn import DPN, DPNConfig, build_dpn
@@ -78,7 +79,7 @@ BETA2 = 0.3
 _WEIGHTS = ("model", "optimizer", "scaler")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file is not a blurset checkpoint, or cannot continue this run; the message says why."""
 
 

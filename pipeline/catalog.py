@@ -36,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from blurset.errors import ConflictError
+
 metadata = MetaData()
 
 sources = Table(
@@ -187,7 +189,7 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class SourceConflictError(ValueError):
+class SourceConflictError(ConflictError, ValueError):
     """A source name is reused for another folder or kind."""
 
 

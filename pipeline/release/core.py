@@ -52,6 +52,7 @@ import yaml
 from PIL import Image
 from sqlalchemy import and_, select
 
+from blurset.errors import BlursetError, InputError
 from blurset.pipeline.catalog import (
     Catalog,
     annotation_tasks,
@@ -139,7 +140,7 @@ _WRITER_OPTIONS: dict[str, Any] = {
 }
 
 
-class ReleaseError(ValueError):
+class ReleaseError(InputError):
     """A release cannot be built or published as asked; the message says why and what to do."""
 
 
@@ -147,7 +148,7 @@ class NothingToRelease(ReleaseError):
     """The selection holds no image with a blur mask."""
 
 
-class ReleaseVerificationError(RuntimeError):
+class ReleaseVerificationError(BlursetError, RuntimeError):
     """``verify_release`` found problems; ``.report`` lists them file by file."""
 
     def __init__(self, report: VerifyReport):

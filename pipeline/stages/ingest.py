@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from blurset.errors import BlursetError
 from blurset.pipeline.catalog import ImageRow, MaskRow, PathRow, QuarantineRow
 from blurset.pipeline.stages.hashing import hash_opened
 from blurset.pipeline.stages.sources import OrphanMask, SourceItem
@@ -28,7 +29,7 @@ EXIF_ORIENTATION = 0x0112
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
 
 
-class BadFile(Exception):
+class BadFile(BlursetError):
     """A file that cannot be ingested; the message is the quarantine reason."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from blurset.annotation import rle
 from blurset.annotation.config import BLUR_TYPE, BRUSH, brush_result, choice_result
+from blurset.errors import InputError
 
 HANDCRAFTED = ("laplacian", "lbp")
 DPN_THRESHOLD = 0.5  # blur map ≥ this → blurred pixel
@@ -35,7 +36,7 @@ REFERENCE_COHERENCE = 0.10  # stands in for the sharp rest when the region cover
 MIN_PIXELS = 64  # a region (or rest) smaller than this says nothing about its gradients
 
 
-class PrelabelError(ValueError):
+class PrelabelError(InputError):
     """A pre-labeller that cannot be made (unknown name, missing or unreadable checkpoint)."""
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from blurset.errors import InputError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 MaskKind = Literal["blur", "saliency"]
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """The folder given to ingest does not have the layout its kind expects."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from blurset.errors import NotFoundError
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.stages.dedup.search import HashRecord, Match, find_duplicates
 from blurset.pipeline.stages.hashing import ImageHashes
@@ -25,7 +26,7 @@ REPORT_COLUMNS = ["candidate_source", "candidate_path", "reference_source", "ref
                   "distance", "method"]
 
 
-class UnknownSourceError(ValueError):
+class UnknownSourceError(NotFoundError, ValueError):
     """The reference source named for dedup was never ingested."""
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from blurset.annotation.client import Client, TaskSpec, local_file_url
 from blurset.annotation.export import MaskProblem, mean_pairwise_iou, parse_export
 from blurset.annotation.server import document_root
+from blurset.errors import InputError
 from blurset.pipeline.catalog import Catalog, MaskRow
 from blurset.pipeline.stages.ingest import encode_png
 from blurset.pipeline.stages.prelabel import (
@@ -38,7 +39,7 @@ from blurset.pipeline.workspace import Workspace
 Progress = Callable[[int], None]
 
 
-class NothingToPush(ValueError):
+class NothingToPush(InputError):
     """No dedup run yet, or no source to push from."""
 
 
