@@ -115,13 +115,20 @@ class Client:
     def whoami(self) -> str:
         return self.sdk.users.whoami(request_options=self._opts()).email
 
-    @_guarded("find or create the project")
-    def project(self, title: str, create: bool = True) -> int | None:
+    @_guarded("find the project")
+    def find_project(self, title: str) -> int | None:
+        """The id of the project titled ``title``, or None when there is none."""
         for p in self.sdk.projects.list(title=title, request_options=self._opts()):
             if p.title == title:
                 return p.id
-        if not create:
-            return None
+        return None
+
+    @_guarded("find or create the project")
+    def project(self, title: str) -> int:
+        """The id of the project titled ``title``, created with blurset's labelling config if new."""
+        found = self.find_project.__wrapped__(self, title)
+        if found is not None:
+            return found
         return self.sdk.projects.create(title=title, label_config=LABEL_CONFIG,
                                         description="blurset: paint the blurred regions",
                                         request_options=self._opts()).id
@@ -161,7 +168,7 @@ class Client:
     @_guarded("list annotated tasks")
     def tasks_with_annotations(self, project_id: int) -> list[int]:
         done = []
-        for t in parse_tasks(self.export.__wrapped__(self, project_id)):
+        for t in json.loads(self.export.__wrapped__(self, project_id)):
             if t["annotations"]:
                 done.append(t["id"])
         return done
@@ -313,10 +320,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def parse_tasks(raw: bytes) -> list[dict]:
-    return json.loads(raw)
 
 
 def connect(conn: Connection | None = None, **kw: Any) -> Client:

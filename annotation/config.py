@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 BRUSH = "blur"  # BrushLabels name; its one label is BLURRED
 BLURRED = "Blurred"
 BLUR_TYPE = "blur_type"  # Choices: defocus | motion
@@ -29,15 +27,6 @@ LABEL_CONFIG = f"""<View>
   <Text name="source_path" value="$source_path"/>
 </View>
 """
-
-
-@dataclass(frozen=True)
-class BrushResult:
-    """One brush stroke set of an annotation or prediction, as Label Studio stores it."""
-
-    rle: list[int]
-    width: int
-    height: int
 
 
 def brush_result(rle: list[int], width: int, height: int) -> dict:

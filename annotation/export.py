@@ -104,16 +104,27 @@ def parse_export(raw: bytes | str) -> list[ExportedTask]:
     return tasks
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two 0/255 masks (1.0 when both are empty)."""
-    a, b = a > 0, b > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two blur masks of one shape (1.0 when neither marks a pixel).
+
+    The one rule for every mask blurset compares (annotations, pre-labels, stored PNGs): uint8
+    0/255 masks, a pixel is blurred when > 127; a bool mask counts True as blurred.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"masks of different shapes {a.shape} and {b.shape} have no IoU; "
+                         "compare masks of one image")
+    x, y = _blurred(a), _blurred(b)
+    union = np.logical_or(x, y).sum()
+    return 1.0 if union == 0 else float(np.logical_and(x, y).sum() / union)
+
+
+def _blurred(mask: np.ndarray) -> np.ndarray:
+    return mask if mask.dtype == np.bool_ else mask > 127
 
 
 def mean_pairwise_iou(masks: list[np.ndarray]) -> float | None:
     """Agreement of several annotators: mean IoU over every pair (None for fewer than two)."""
     if len(masks) < 2:
         return None
-    vals = [iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    vals = [mask_iou(masks[i], masks[j]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
     return float(np.mean(vals))

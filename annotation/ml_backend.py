@@ -26,8 +26,6 @@ import json
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from blurset.annotation.config import BLUR_TYPE, BRUSH, IMAGE
-from blurset.annotation.process import alive, read_record, stop_recorded
+from blurset.annotation.process import alive, health, read_record, stop_recorded
 from blurset.errors import InputError, ServiceError
 
 LOCAL_FILES_PATH = "/data/local-files/"
@@ -208,19 +206,6 @@ def make_server(backend: Backend, host: str = "127.0.0.1", port: int = 9090,
     return server
 
 
-def health(url: str, timeout: float = 2.0) -> dict | None:
-    """The backend's /health answer, or None when nothing (or something else) answers."""
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
-            body = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        e.close()
-        return None
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) and body.get("status") == "UP" else None
-
-
 class BackendError(ServiceError, RuntimeError):
     """The background ML backend could not be started, reached or stopped."""
 
@@ -268,10 +253,10 @@ class BackendProcess:
                                    f"{rec.get('checkpoint')!r} at {rec.get('url')}, not "
                                    f"{checkpoint!r} at {self.url}; stop it with "
                                    "`blurset labelstudio ml-backend down` first")
-            if health(self.url):
+            if health(self.url) is not None:
                 log(f"ML backend already running at {self.url} (pid {rec['pid']})")
                 return self.status()
-        elif health(self.url):
+        elif health(self.url) is not None:
             raise BackendError(f"another ML backend, not started by this workspace, answers at "
                                f"{self.url}; pick another --port")
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +275,7 @@ class BackendProcess:
             if proc.poll() is not None if proc else not self._alive(rec["pid"]):
                 self.pid_file.unlink(missing_ok=True)
                 raise BackendError(f"the ML backend exited while starting; see {self.log_file}")
-            if health(self.url, timeout=1.0):
+            if health(self.url, timeout=1.0) is not None:
                 return self.status()
             time.sleep(0.3)
         raise BackendError(f"the ML backend did not answer at {self.url}/health within "

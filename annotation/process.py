@@ -1,4 +1,5 @@
-"""Background processes a workspace starts (Label Studio, the ML backend): is it ours, stop it."""
+"""Background servers a workspace starts (Label Studio, the ML backend): does it answer, is it
+ours, stop it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,23 @@ import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+
+def health(url: str, timeout: float = 2.0) -> dict | None:
+    """The ``/health`` answer of the server at ``url`` (Label Studio and the ML backend both
+    answer ``{"status": "UP", …}``), or None when nothing, an error or something else answers."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        e.close()
+        return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and body.get("status") == "UP" else None
 
 
 def alive(pid: int, marker: bytes) -> bool:

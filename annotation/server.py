@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from blurset.annotation.process import alive, read_record, stop_recorded
+from blurset.annotation.process import alive, health, read_record, stop_recorded
 from blurset.errors import ServiceError
 
 LABEL_STUDIO_VERSION = "1.23.2"
@@ -97,14 +97,6 @@ def ensure_installed(log=print) -> Path:
         raise ServerError(f"installing Label Studio into {venv} failed ({e}); "
                           f"remove {venv} and try again") from None
     return exe
-
-
-def health(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def token_works(url: str, api_key: str, timeout: float = 5.0) -> bool:
@@ -189,7 +181,7 @@ class LocalServer:
     def status(self) -> dict:
         rec = self._recorded()
         pid = rec.get("pid") if rec else None
-        return {"url": self.conn.url, "answering": health(self.conn.url),
+        return {"url": self.conn.url, "answering": health(self.conn.url) is not None,
                 "token_ok": token_works(self.conn.url, self.conn.api_key),
                 "pid": pid if pid and self._alive(pid) else None,
                 "data_dir": str(self.data_dir), "log": str(self.log_file)}
@@ -198,7 +190,7 @@ class LocalServer:
         """Start the server (or find it running) and wait until the API answers to our token."""
         host, port = self._host_port()
         rec = self._recorded()
-        if health(self.conn.url):
+        if health(self.conn.url) is not None:
             if not token_works(self.conn.url, self.conn.api_key):
                 raise ServerError(f"a server answers at {self.conn.url} but refuses the API token "
                                   "(LABEL_STUDIO_API_KEY); a legacy token only works if it was set "
@@ -230,7 +222,7 @@ class LocalServer:
                 self.pid_file.unlink(missing_ok=True)
                 raise ServerError(f"Label Studio exited with code {proc.returncode} while starting; "
                                   f"see {self.log_file}")
-            if health(self.conn.url) and token_works(self.conn.url, self.conn.api_key):
+            if health(self.conn.url) is not None and token_works(self.conn.url, self.conn.api_key):
                 return self.status()
             time.sleep(1.0)
         raise ServerError(f"Label Studio did not answer at {self.conn.url} within {timeout:.0f} s; "

@@ -20,7 +20,7 @@ from PIL import Image
 
 from blurset.annotation.client import TaskSpec, connect
 from blurset.annotation.server import Connection, LocalServer
-from blurset.pipeline.stages.labelling.core import prelabel_from_mask
+from blurset.pipeline.stages.prelabel import prelabel_from_mask
 
 MASKS = Path(__file__).resolve().parents[1] / "pipeline" / "demo" / "sample_data" / "cuhk_masks"
 

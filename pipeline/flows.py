@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
+from blurset.names import slug as _slug
 from blurset.pipeline.stages.dedup import run as findings_stage
 from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
@@ -130,18 +131,14 @@ def dedup_flow(workspace: str, reference: str, threshold: int | None = None,
     return outcome.summary
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "source"
-
-
 def _transient(task, task_run, state) -> bool:
     """Retry a Label Studio task only when the server may come back (not on a refused token)."""
     from blurset.annotation.client import AuthError
-    from blurset.pipeline.stages.labelling.core import NothingToPush
+    from blurset.pipeline.stages.labelling import LabellingError
     from blurset.pipeline.stages.prelabel import PrelabelError
     try:
         state.result()
-    except (AuthError, NothingToPush, PrelabelError):
+    except (AuthError, LabellingError, PrelabelError):
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True
@@ -156,7 +153,7 @@ def push_task(workspace: str, project: str, sources: list[str] | None, limit: in
     from dataclasses import asdict
 
     from blurset.annotation.client import connect
-    from blurset.pipeline.stages.labelling.core import push
+    from blurset.pipeline.stages.labelling import push
     ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
     try:
@@ -192,7 +189,7 @@ def pull_task(workspace: str, project: str, export_dir: str | None) -> dict:
     from dataclasses import asdict
 
     from blurset.annotation.client import connect
-    from blurset.pipeline.stages.labelling.core import pull
+    from blurset.pipeline.stages.labelling import pull
     ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
     try:
@@ -218,7 +215,7 @@ def prelabel_batch_task(client, workspace: str, labeller, project_id: int, batch
                         ) -> int:
     """Predict one batch and add its predictions (one request). A retry after a lost answer
     may add a batch twice; a later run skips tasks that already hold this model_version."""
-    from blurset.pipeline.stages.labelling.core import prelabel_batch
+    from blurset.pipeline.stages.labelling import prelabel_batch
     return prelabel_batch(client, Workspace.open(workspace), labeller, project_id, batch)
 
 
@@ -232,7 +229,7 @@ def prelabel_flow(workspace: str, project: str, checkpoint: str, batch_size: int
     from dataclasses import asdict
 
     from blurset.annotation.client import connect
-    from blurset.pipeline.stages.labelling.core import plan_prelabels
+    from blurset.pipeline.stages.labelling import plan_prelabels
     from blurset.pipeline.stages.prelabel import make_prelabeller
     labeller = make_prelabeller(checkpoint)  # a bad checkpoint stops here, nothing asked yet
     ws = Workspace.open(workspace)

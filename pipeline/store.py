@@ -8,10 +8,10 @@ so re-runs and concurrent writers are harmless, and nothing stored is ever rewri
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from blurset.fileio import atomic_write
 
 FORMAT_EXTENSIONS = {
     "JPEG": ".jpg",
@@ -48,23 +48,12 @@ class ObjectStore:
         return f"{digest[:2]}/{digest}{ext}"
 
     def put(self, data: bytes, ext: str, digest: str | None = None) -> str:
-        """Store ``data`` once and return its relative path; an existing object is left untouched."""
+        """Store ``data`` once, read-only, and return its relative path; an existing object is left
+        untouched (a concurrent writer of the same object writes the same bytes)."""
         digest = digest or sha256_hex(data)
         target = self.path_for(digest, ext)
-        if target.exists():
-            return self.relpath_for(digest, ext)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=ext)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if not target.exists():
+            atomic_write(target, data, mode=0o444)
         return self.relpath_for(digest, ext)
 
     def read(self, relpath: str) -> bytes:

@@ -19,7 +19,7 @@ from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.cli.main import cli
 from blurset.pipeline.stages.dedup.run import run_dedup
 from blurset.pipeline.stages.ingest import ingest_batch
-from blurset.pipeline.stages.labelling.core import pull, push, status
+from blurset.pipeline.stages.labelling import pull, push, status
 from blurset.pipeline.stages.sources import scan_source
 from blurset.pipeline.workspace import Workspace
 
@@ -157,7 +157,7 @@ def test_pull_annotators_rejection_faults_and_export(label_studio, tmp_path, req
     assert sorted(p.name for p in (out / "cand").iterdir()) == ["c0.png"]
 
     st = status(catalog, client.conn.url, r.project_id)
-    assert st["pushed"] == 4 and st["annotated"] == 1 and st["rejected"] == 1 and st["deleted"] == 1
+    assert st.pushed == 4 and st.annotated == 1 and st.rejected == 1 and st.deleted == 1
 
     # a second pull changes nothing but adds a snapshot; earlier snapshots are kept
     rep2 = pull(catalog, client, ws, "blur pull")

@@ -19,8 +19,8 @@ from blurset.annotation.client import connect
 from blurset.annotation.config import BLUR_TYPE, BLUR_TYPES, BRUSH, brush_result, choice_result
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.cli.main import cli
-from blurset.pipeline.stages.labelling.core import (
-    NothingToPush,
+from blurset.pipeline.stages.labelling import (
+    PushOptionError,
     add_prelabels,
     compare_with_prelabel,
     pull,
@@ -167,9 +167,9 @@ def test_pull_measures_the_work_saved_and_status_reports_it(
 
     st = status(catalog, client.conn.url, r.project_id)
     expected_iou = (1.0 + after["c1.jpg"]["prelabel_iou"]) / 2
-    assert st["prelabelled_annotated"] == 2 and st["prelabel_accepted_share"] == 0.5
-    assert st["mean_prelabel_iou"] == pytest.approx(expected_iou, abs=1e-4)
-    assert set(st["prelabel_by_model_version"]) == {"lbp-blur-map@blurset"}
+    assert st.prelabelled_annotated == 2 and st.prelabel_accepted_share == 0.5
+    assert st.mean_prelabel_iou == pytest.approx(expected_iou, abs=1e-4)
+    assert set(st.prelabel_by_model_version) == {"lbp-blur-map@blurset"}
     out = CliRunner().invoke(cli, ["-w", str(ws.root), "annotate", "status", "--project", "pre saved"])
     assert out.exit_code == 0, out.output
     assert "prelabelled_annotated: 2" in out.output and "prelabel_accepted_share: 0.5" in out.output
@@ -193,11 +193,11 @@ def test_a_bad_checkpoint_is_a_clear_error_and_changes_nothing(
     out = runner.invoke(cli, ["-w", str(ws.root), "annotate", "push", "--project", project,
                               "--prelabel", bad])
     assert out.exit_code == 1 and bad in out.output and message in out.output, out.output
-    assert client.project(project, create=False) is None
+    assert client.find_project(project) is None
     assert catalog.counts() == before and catalog.task_projects() == []
 
     push(catalog, client, ws, project)
-    pid = client.project(project, create=False)
+    pid = client.find_project(project)
     out = runner.invoke(cli, ["-w", str(ws.root), "annotate", "prelabel", "--project", project,
                               "--checkpoint", bad])
     assert out.exit_code == 1 and message in out.output, out.output
@@ -272,7 +272,7 @@ def test_rank_candidates_skips_the_hopeless_and_puts_the_uncertain_first():
     assert [r.image_id for r in keep] == ["unsure", "mid", "sure"]
     assert {r.image_id for r in low} == {"none", "tiny"} and [r.image_id for r in high] == ["all"]
     assert keep[0].uncertainty == pytest.approx(0.8) and keep[0].blur_degree == pytest.approx(0.3)
-    with pytest.raises(NothingToPush, match="min_blur < max_blur"):
+    with pytest.raises(PushOptionError, match="min_blur < max_blur"):
         rank_candidates(preds, 0.5, 0.4)
 
 
@@ -300,5 +300,5 @@ def test_push_with_rank_leaves_out_the_hopeless_and_pushes_the_uncertain_first(
     assert expected[0].uncertainty >= expected[1].uncertainty
     # the two left out stay candidates: a push without ranking takes them
     assert push(catalog, client, ws, "ranked", sources=["cand"]).pushed == 2
-    with pytest.raises(NothingToPush, match="needs a pre-labeller"):
+    with pytest.raises(PushOptionError, match="needs a pre-labeller"):
         push(catalog, client, ws, "ranked", rank=True)

@@ -90,7 +90,7 @@ _ids = itertools.count(1000)
 
 
 def fake_pull(env: Env, project: str, items: list[dict], project_id: int = 7) -> None:
-    """Tasks and their annotations written the way ``blurset.pipeline.stages.labelling.core.pull`` writes them.
+    """Tasks and their annotations written the way ``blurset.pipeline.stages.labelling.pull`` writes them.
 
     Each item: image_id, source, rel_path, and either ``reject`` or ``masks`` [(annotator, mask)]
     (the last one is current), with optional ``blur_type`` and ``prelabel``.

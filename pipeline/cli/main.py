@@ -212,11 +212,11 @@ def _connect():
 
 def _run_flow(fn, *args):
     from blurset.annotation.client import LabelStudioError
-    from blurset.pipeline.stages.labelling.core import NothingToPush
+    from blurset.pipeline.stages.labelling import LabellingError
     from blurset.pipeline.stages.prelabel import PrelabelError
     try:
         return fn(*args)
-    except (LabelStudioError, NothingToPush, PrelabelError) as e:
+    except (LabelStudioError, LabellingError, PrelabelError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -311,15 +311,17 @@ def prelabel(c: Ctx, project: str, checkpoint: str, batch_size: int) -> None:
 @pass_ctx
 def annotate_status(c: Ctx, project: str) -> None:
     """Counts of pushed, annotated, rejected and pending tasks (as of the last pull)."""
+    from dataclasses import asdict
+
     from blurset.annotation.server import Connection
-    from blurset.pipeline.stages.labelling.core import status as ann_status
+    from blurset.pipeline.stages.labelling import status as ann_status
     catalog = c.ws.catalog()
     server = Connection.from_env().url
     rows = [t for t in catalog.task_projects() if t["project"] == project and t["server"] == server]
     if not rows:
         raise click.ClickException(f"no tasks of project {project!r} at {server} in the catalog; "
                                    "run `blurset annotate push` first")
-    for k, v in ann_status(catalog, server, rows[0]["project_id"]).items():
+    for k, v in asdict(ann_status(catalog, server, rows[0]["project_id"])).items():
         if isinstance(v, dict):  # work saved, per model_version of the pre-label
             for version, stats in v.items():
                 click.echo(f"  {version}: " + ", ".join(f"{sk} {sv}" for sk, sv in stats.items()))

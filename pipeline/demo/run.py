@@ -100,7 +100,7 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     from blurset.annotation.server import LocalServer
     from blurset.pipeline.demo.simulate import simulate
     from blurset.pipeline.flows import pull_flow, push_flow
-    from blurset.pipeline.stages.labelling.core import status
+    from blurset.pipeline.stages.labelling import status
 
     server = LocalServer.for_workspace(ws.root)
     click.echo(f"[7/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
@@ -118,12 +118,12 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     click.echo(f"[9/{steps}] pulling the annotations back (Prefect flow 'annotate-pull')")
     p = pull_flow(str(ws.root), DEMO_PROJECT, str(demo_dir / "masks"))
     st = status(catalog, server.conn.url, r["project_id"])
-    click.echo(f"      {st['pushed']} tasks: {st['annotated']} annotated, {st['rejected']} rejected, "
-               f"{st['pending']} pending; mean agreement (IoU) of double-annotated tasks: "
-               f"{st['mean_agreement_iou']}")
-    click.echo(f"      work saved: {st.get('prelabelled_annotated', 0)} annotated tasks started from "
-               f"a DPN pre-label; mean IoU pre-label → final mask {st.get('mean_prelabel_iou')}, "
-               f"accepted unchanged: {st.get('prelabel_accepted_share')}")
+    click.echo(f"      {st.pushed} tasks: {st.annotated} annotated, {st.rejected} rejected, "
+               f"{st.pending} pending; mean agreement (IoU) of double-annotated tasks: "
+               f"{st.mean_agreement_iou}")
+    click.echo(f"      work saved: {st.prelabelled_annotated} annotated tasks started from "
+               f"a DPN pre-label; mean IoU pre-label → final mask {st.mean_prelabel_iou}, "
+               f"accepted unchanged: {st.prelabel_accepted_share}")
     for prob in p["problems"]:
         click.echo(f"      problem: {prob}")
     click.echo(f"      masks:    {(demo_dir / 'masks').resolve()}  (255 = blurred)")

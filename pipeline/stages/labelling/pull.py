@@ -1,0 +1,223 @@
+"""Pull: export a project, keep the raw export as a snapshot, decode and store every submitted mask,
+and link the current one (the most recent submitted annotation) to its task in the catalog."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from blurset.annotation.client import Client
+from blurset.annotation.export import (
+    ExportedAnnotation,
+    ExportedTask,
+    MaskProblem,
+    mask_iou,
+    mean_pairwise_iou,
+    parse_export,
+)
+from blurset.pipeline.catalog import Catalog, MaskRow
+from blurset.pipeline.stages.ingest import encode_png
+from blurset.pipeline.stages.labelling.project import ProjectRef, existing_project, write_snapshot
+from blurset.pipeline.stages.prelabel import prediction_mask
+from blurset.pipeline.store import sha256_hex
+from blurset.pipeline.workspace import Workspace
+
+ACCEPTED_IOU = 0.99  # a final mask this close to its pre-label counts as accepted unchanged
+
+
+@dataclass
+class PullReport:
+    project: str
+    project_id: int
+    snapshot: str
+    tasks: int = 0
+    annotated: int = 0
+    rejected: int = 0
+    pending: int = 0
+    masks_stored: int = 0
+    exported: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Export:
+    """What one pull read from Label Studio."""
+
+    tasks: dict[int, ExportedTask]
+    raw_annotations: dict[int, dict]  # annotation id → its raw JSON (result, parent_prediction)
+    predictions: dict[int, list[dict]]  # task id → its predictions
+    users: dict[int, str]  # user id → e-mail or name
+    snapshot: str  # file name of the export snapshot
+
+
+@dataclass
+class _Rows:
+    """What a pull writes to the catalog, in one transaction."""
+
+    task_updates: list[dict] = field(default_factory=list)
+    annotations: list[dict] = field(default_factory=list)
+    masks: list[MaskRow] = field(default_factory=list)
+    sources_of: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def pull(catalog: Catalog, client: Client, ws: Workspace, project: str,
+         export_dir: Path | None = None) -> PullReport:
+    """Export, snapshot, decode and store every annotation; the most recent submitted one wins."""
+    ref = existing_project(client, project)
+    export, snapshot = read_export(client, ws, ref)
+    report = PullReport(project, ref.id, str(snapshot))
+    rows = _Rows()
+    outcomes = Counter(_pull_task(catalog, ws, ref, export, t, rows, report.problems)
+                       for t in catalog.tasks(ref.server, ref.id))
+    catalog.record_pull(ref.server, ref.id, rows.task_updates, rows.annotations, rows.masks,
+                        rows.sources_of)
+    report.tasks = sum(outcomes.values())
+    report.annotated, report.rejected = outcomes["annotated"], outcomes["rejected"]
+    report.pending, report.masks_stored = outcomes["pending"], len(rows.masks)
+    if export_dir is not None:
+        report.exported = export_masks(catalog, ws, ref.server, ref.id, export_dir)
+    return report
+
+
+def read_export(client: Client, ws: Workspace, ref: ProjectRef) -> tuple[_Export, Path]:
+    """Export the project and fetch its predictions (the export names them by id only); keep
+    both as snapshots in the workspace. Returns the export and its snapshot's path."""
+    raw = client.export(ref.id)
+    snapshot = write_snapshot(ws, ref.title, raw)
+    predictions = client.project_predictions(ref.id)
+    write_snapshot(ws, ref.title, json.dumps(predictions, sort_keys=True).encode(), "predictions")
+    preds_of: dict[int, list[dict]] = {}
+    for pred in predictions:
+        preds_of.setdefault(pred["task"], []).append(pred)
+    raw_annotations = {a["id"]: a for t in json.loads(raw) for a in t.get("annotations") or []}
+    export = _Export({t.id: t for t in parse_export(raw)}, raw_annotations, preds_of,
+                     client.users(), snapshot.name)
+    return export, snapshot
+
+
+def _pull_task(catalog: Catalog, ws: Workspace, ref: ProjectRef, export: _Export, t: dict,
+               rows: _Rows, problems: list[str]) -> str:
+    """Add one catalog task's rows; returns what it is now: ``annotated``, ``rejected``,
+    ``pending`` or ``deleted``."""
+    task_id, where = t["task_id"], f"task {t['task_id']} ({t['source']}/{t['rel_path']})"
+    rows.sources_of[t["image_id"]] = (t["source"], t["rel_path"])
+    ex = export.tasks.get(task_id)
+    if ex is None:
+        if t["status"] != "deleted":
+            problems.append(f"{where} was deleted in Label Studio; its earlier annotations stay "
+                            "in the catalog")
+            rows.task_updates.append({"task_id": task_id, "status": "deleted"})
+        return "deleted"
+    subs = ex.submitted()
+    if not subs:
+        return "pending"
+    img = catalog.image(t["image_id"])
+    decoded = [_annotation_row(ws, export, t, a, img["height"], img["width"], problems, where)
+               for a in subs]
+    rows.annotations.extend(row for row, _ in decoded)
+    current, (row, mask) = subs[-1], decoded[-1]  # the most recent submitted annotation wins
+    update = {"task_id": task_id, "current_annotation_id": current.id,
+              "blur_type": current.blur_type,
+              "annotators": json.dumps(sorted({r["annotator"] for r, _ in decoded})),
+              "agreement_iou": mean_pairwise_iou(list(
+                  {r["annotator"]: m for r, m in decoded if m is not None}.values()))}
+    if current.reject is not None:
+        update["status"] = "rejected"
+    elif mask is not None:
+        update |= compare_with_prelabel(mask, export.raw_annotations.get(current.id, {}),
+                                        export.predictions.get(task_id, []))
+        update["status"] = "annotated"
+        rows.masks.append(MaskRow(
+            image_id=t["image_id"], rel_path=t["rel_path"], kind="blur",
+            origin=f"annotation:{ref.title}#{current.id}", object_path=row["mask_object"],
+            original_id=sha256_hex(ws.objects.read(row["mask_object"])), inverted=False,
+            blur_degree=row["blur_degree"]))
+    else:
+        update["status"] = "pushed"  # the latest annotation is unusable: still to do
+    rows.task_updates.append(update)
+    return "pending" if update["status"] == "pushed" else update["status"]
+
+
+def _annotation_row(ws: Workspace, export: _Export, t: dict, a: ExportedAnnotation, height: int,
+                    width: int, problems: list[str], where: str) -> tuple[dict, np.ndarray | None]:
+    """The catalog row of one submitted annotation, its mask stored as an object; and the mask
+    (None for a rejection or an unusable mask, whose problem is noted)."""
+    annotator = export.users.get(a.completed_by, str(a.completed_by))
+    row = {"annotation_id": a.id, "task_id": t["task_id"], "image_id": t["image_id"],
+           "annotator": annotator, "created_at": a.created_at, "updated_at": a.updated_at,
+           "lead_time": a.lead_time, "blur_type": a.blur_type, "rejected": a.reject,
+           "mask_object": None, "blur_degree": None, "problem": None, "snapshot": export.snapshot}
+    if a.reject is not None:
+        return row, None
+    try:
+        mask = a.mask(height, width)
+    except MaskProblem as e:
+        row["problem"] = str(e)
+        problems.append(f"{where}, annotation {a.id} by {annotator}: {e}")
+        return row, None
+    row["mask_object"] = ws.objects.put(encode_png(mask), ".png")
+    row["blur_degree"] = float(mask.mean() / 255.0)
+    return row, mask
+
+
+def compare_with_prelabel(mask: np.ndarray, annotation: dict, predictions: list[dict]) -> dict:
+    """How far the final mask moved from the pre-label the annotator started from.
+
+    That pre-label is the prediction the annotation names as its ``parent_prediction`` (Label
+    Studio sets it when a person starts from a prediction); otherwise the most recent prediction
+    created before the annotation; with none, the task had no pre-label to start from. Masks are
+    decoded from the predictions themselves (fetched at pull time and kept in a
+    ``predictions-*.json`` snapshot), not re-derived: the model that made them may be gone.
+    Accepted unchanged: IoU ≥ ``ACCEPTED_IOU``, or the very same RLE.
+    """
+    none = {"prelabel_version": None, "prelabel_iou": None, "prelabel_accepted": None}
+    chosen = _starting_prediction(annotation, predictions)
+    if chosen is None:
+        return none
+    try:
+        pre = prediction_mask(chosen)
+    except (KeyError, TypeError, ValueError):
+        return none  # an undecodable prediction says nothing about work saved
+    if pre is None:
+        return none
+    value = mask_iou(pre, mask) if pre.shape == mask.shape else 0.0
+    same_rle = _brush_rles(chosen.get("result")) == _brush_rles(annotation.get("result"))
+    return {"prelabel_version": chosen.get("model_version"), "prelabel_iou": value,
+            "prelabel_accepted": bool(same_rle or value >= ACCEPTED_IOU)}
+
+
+def _starting_prediction(annotation: dict, predictions: list[dict]) -> dict | None:
+    parent = annotation.get("parent_prediction")
+    if parent is not None:
+        chosen = next((p for p in predictions if p.get("id") == parent), None)
+        if chosen is not None:
+            return chosen
+    created = annotation.get("created_at") or ""
+    before = [p for p in predictions if (p.get("created_at") or "") <= created]
+    return max(before, key=lambda p: (p.get("created_at") or "", p.get("id") or 0), default=None)
+
+
+def _brush_rles(result: list[dict] | None) -> list[list[int]]:
+    return [r["value"]["rle"] for r in result or [] if r.get("type") == "brushlabels"
+            and isinstance(r.get("value"), dict) and "rle" in r["value"]]
+
+
+def export_masks(catalog: Catalog, ws: Workspace, server: str, project_id: int, out: Path) -> int:
+    """Every current mask as ``out/<source>/<source_path with .png>``, 8-bit, 255 = blurred."""
+    anns = {a["annotation_id"]: a for a in catalog.annotations_of(server, project_id)}
+    n = 0
+    for t in catalog.tasks(server, project_id):
+        a = anns.get(t["current_annotation_id"])
+        if t["status"] != "annotated" or not a or not a["mask_object"]:
+            continue
+        target = out / t["source"] / Path(t["rel_path"]).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = ws.objects.read(a["mask_object"])
+        if not target.exists() or target.read_bytes() != data:
+            target.write_bytes(data)
+        n += 1
+    return n
