@@ -1,23 +1,8 @@
 """A Label Studio ML backend: live pre-labels for the tasks an annotator opens.
 
-Speaks the protocol Label Studio 1.23 uses with an ML backend (``label_studio/ml/api_connector.py``
-on the server side), with the standard library's ``ThreadingHTTPServer``; the PyPI package
-``label-studio-ml`` (1.0.9) pins Flask 1.1.2 and Werkzeug 2.0.2, which clash with the project's.
-
-- ``GET /health`` → ``{"status": "UP", "model_class", "model_version"}``
-- ``POST /setup`` ``{"project", "schema", ...}`` → ``{"model_version"}``; 400 when the labelling
-  config has no brush for blurred regions
-- ``POST /predict`` ``{"tasks", "project", "label_config", "params"}`` →
-  ``{"results": [{"result", "score", "model_version"}, ...], "model_version"}``, one per task
-- ``POST /webhook`` → ``{}`` (training is not run from Label Studio)
-
-Errors answer ``{"error": message}``, which Label Studio shows or logs. A task's image is the
-local-files URL ``/data/local-files/?d=<path>``; the backend reads ``<document root>/<path>``
-itself (the same root Label Studio serves), refusing paths that leave the root.
-
-The predictor is whatever has ``model_version`` and ``predict(paths) -> [prediction]`` (the
-pre-labellers of ``pipeline/prelabel.py``); this module neither builds nor knows models.
-:class:`BackendProcess` runs the server in the background with its pid and log in a folder.
+The protocol (``/health``, ``/setup``, ``/predict``, ``/webhook``) over the standard library's HTTP
+server, serving any predictor with ``model_version`` and ``predict(paths)``; :class:`BackendProcess`
+runs it in the background. Protocol details: ``docs/annotation.md``.
 """
 
 from __future__ import annotations

@@ -1,32 +1,8 @@
 """Label Studio's brush RLE (``value.rle`` of a ``brushlabels`` result), vectorised with numpy.
 
-A brush result stores its mask as the RGBA bytes of the whole image (``height × width × 4``,
-rows first, no stride padding) run-length packed with `@thi.ng/rle-pack`_, MSB-first bits:
-
-- header, 53 bits: the number of words ``num`` (32 bits), ``word size - 1`` (5 bits, 7: words
-  are bytes), then four ``run-length field width - 1`` (4 bits each, default 3, 4, 8, 16);
-- then chunks until ``num`` words are out: a flag bit, a 2-bit class ``t``, a count field of
-  ``widths[t]`` bits holding ``count - 1``, and the words: flag 1 = one word repeated ``count``
-  times; flag 0 = ``count`` literal words;
-- zero bits up to a byte boundary.
-
-Each pixel is 4 bytes: Label Studio's editor writes ``R = G = B = A = alpha`` (0 outside the
-brush, 255 inside, 1…254 on anti-aliased stroke edges) and the SDK's ``mask2rle`` repeats each
-mask value 4 times, so a 0/255 mask is 4-byte runs of 0 or 255 and never a literal chunk.
-
-Two encoders write that stream, with two differences that change the bytes, never the pixels.
-:func:`encode` writes either (``flavor``):
-
-- ``"sdk"`` (default), ``label_studio_sdk.converter.brush.encode_rle``/``mask2rle``: a run
-  longer than 65536 bytes is cut into 65536-byte chunks and a remainder, which keeps the 16-bit
-  class (3) even when it is 1…256 bytes; and padding is never empty: a whole zero byte is added
-  when the bits already end on a byte boundary;
-- ``"frontend"``, the editor's ``encode`` (@thi.ng/rle-pack 3.x): the remainder takes the
-  smallest class that holds it, and padding stops at the byte boundary.
-
-Decoding accepts any well-formed stream (any field widths, literal chunks, 1-8 bit words).
-
-.. _@thi.ng/rle-pack: https://github.com/thi-ng/umbrella/tree/develop/packages/rle-pack
+:func:`encode` writes a 2-D mask byte for byte as the SDK's ``mask2rle`` (or the editor) does;
+:func:`decode` / :func:`decode_rgba` read any well-formed stream and refuse the rest with
+:class:`RleError`. The stream format and the two encoders' differences: ``docs/annotation.md``.
 """
 
 from __future__ import annotations

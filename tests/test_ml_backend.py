@@ -22,10 +22,10 @@ from blurset.annotation.ml_backend import (
     BackendError,
     BackendProcess,
     RequestError,
-    health,
     image_path,
     make_server,
 )
+from blurset.annotation.process import health
 from blurset.pipeline.cli.main import cli
 from blurset.pipeline.cli.ml import backend_title
 from blurset.pipeline.stages.prelabel import make_prelabeller, prediction_mask

@@ -11,6 +11,7 @@ from label_studio_sdk.converter import brush
 from PIL import Image
 
 from blurset.annotation import rle
+from blurset.annotation.export import mask_iou
 
 PROPERTY = settings(max_examples=60, deadline=None)
 
@@ -280,6 +281,22 @@ def test_decode_reads_alpha_like_the_sdk_export_with_threshold():
     for threshold in (0, 1, 127, 254):
         expected = np.where(alpha > threshold, 255, 0)
         np.testing.assert_array_equal(rle.decode(code, 20, 30, threshold=threshold), expected)
+
+
+def test_mask_iou_is_one_rule_for_decoded_masks_pngs_and_bools():
+    a = np.zeros((4, 5), np.uint8)
+    a[:2] = 255  # 10 pixels
+    b = np.zeros((4, 5), np.uint8)
+    b[1:3] = 255  # 10 pixels, 5 shared
+    assert mask_iou(a, b) == pytest.approx(5 / 15)
+    assert mask_iou(a, a > 0) == 1.0 and mask_iou(a > 0, b > 0) == pytest.approx(5 / 15)
+    grey = np.where(a > 0, 200, 100).astype(np.uint8)  # a PNG from another tool: > 127 is blurred
+    assert mask_iou(grey, a) == 1.0
+    assert mask_iou(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8)) == 1.0
+    with pytest.raises(ValueError, match=r"different shapes \(4, 5\) and \(5, 4\)"):
+        mask_iou(a, a.T)
+    decoded = rle.decode(rle.encode(a), 4, 5)
+    assert mask_iou(decoded, a) == 1.0
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Object store and catalog basics."""
+"""Object store, catalog and file-name basics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from blurset.names import slug
 from blurset.pipeline.catalog import Catalog, SourceConflictError
 from blurset.pipeline.store import ObjectStore
 
@@ -30,3 +31,12 @@ def test_a_source_name_cannot_be_reused_for_another_folder(tmp_path):
     catalog.register_source("msra", "msra10k", "/data/msra")  # same again: fine
     with pytest.raises(SourceConflictError, match="Use another --name"):
         catalog.register_source("msra", "folder", "/data/other")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Blur Pull #2", "blur-pull-2"), ("pre newer", "pre-newer"), ("my_project", "my-project"),
+    ("cuhk", "cuhk"), ("Ünï code", "n-code"), ("", "unnamed"), ("--!--", "unnamed"),
+])
+def test_one_slug_rule_for_folders_and_artifact_keys(name, expected):
+    assert slug(name) == expected
+    assert slug(name, empty="source") == (expected if expected != "unnamed" else "source")

@@ -1,12 +1,8 @@
 """Pre-labels: a blur mask (and blur type) guessed before a person paints, as a Label Studio prediction.
 
-One face for every pre-labeller: ``model_version`` and ``predict(paths) -> [prediction]``, built
-by :func:`make_prelabeller` from a name (``laplacian``, ``lbp``: handcrafted blur maps) or the path
-of a DPN checkpoint. The model is loaded once, when the pre-labeller is made, so a bad checkpoint
-is refused before anything is sent to Label Studio.
-
-A prediction holds the mask as brush RLE and, when the mask covers enough pixels, a ``blur_type``
-choice guessed by :func:`guess_blur_type`.
+One face for every pre-labeller: ``model_version`` and ``predict(paths) -> [prediction]``, built by
+:func:`make_prelabeller` from a name (``laplacian``, ``lbp``: handcrafted blur maps) or a DPN
+checkpoint's path, loaded once, so a bad checkpoint is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -26,11 +22,8 @@ from blurset.errors import InputError
 HANDCRAFTED = ("laplacian", "lbp")
 DPN_THRESHOLD = 0.5  # blur map ≥ this → blurred pixel
 
-# The blur-type rule (see guess_blur_type). Thresholds chosen on the demo sample's 19 hidden masks
-# (10 motion, 9 defocus), so in-sample: 18/19 right with the true blurred regions. With the regions
-# a model predicts it is much weaker: 11/19 with a small DPN trained on cuhk-sample (400 steps,
-# mask IoU 0.63 with the hidden masks) and 11/19 with the LBP map's regions, against 10/19 for
-# always answering "motion". A hint for the annotator, not a label.
+# The blur-type rule (guess_blur_type), thresholds chosen on the demo sample's hidden masks:
+# a hint for the annotator, not a label (docs/annotation.md).
 MOTION_MARGIN = 0.10  # region coherence minus the sharp rest's coherence above this → motion
 REFERENCE_COHERENCE = 0.10  # stands in for the sharp rest when the region covers (almost) all
 MIN_PIXELS = 64  # a region (or rest) smaller than this says nothing about its gradients
