@@ -150,9 +150,6 @@ class TrainConfig:
         config.dpn_config()
         return config
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.resolved(), sort_keys=False)
-
 
 _INT = ("input_size", "batch_size", "epochs", "seed", "num_workers", "val_every", "max_steps")
 _FLOAT = ("lr", "weight_decay", "momentum", "boundary_weight")

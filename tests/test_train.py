@@ -21,8 +21,7 @@ import torch
 import yaml
 from PIL import Image, ImageFilter
 
-pytest.importorskip("blurset.model.dpn", reason="model/dpn.py is not written yet")
-
+from blurset.model.checkpoint import CheckpointError, load_checkpoint
 from blurset.model.config import ConfigError, TrainConfig, load_config
 from blurset.model.data import (
     Augment,
@@ -32,13 +31,9 @@ from blurset.model.data import (
     ReleaseSpecError,
     resolve_release,
 )
-from blurset.model.train import (
-    CheckpointError,
-    curve_sums,
-    load_checkpoint,
-    main,
-    metrics_from_sums,
-)
+from blurset.model.loop import add_batch, validation_numbers
+from blurset.model.metrics import BlurMetrics, ClassicMetrics
+from blurset.model.train import main
 
 REPO = Path(__file__).resolve().parent.parent
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -233,21 +228,30 @@ def test_grouped_sampler_and_workers(toy):
     assert len(ids) == 32 and len(set(ids)) == 8
 
 
+def _validation_numbers(prob: torch.Tensor, mask: torch.Tensor) -> dict:
+    """What the training loop records for one batch, summed as ranks add theirs up."""
+    half = prob.shape[0] // 2
+    ranks = [ClassicMetrics(), ClassicMetrics()]
+    add_batch(ranks[0], prob[:half], mask[:half])
+    add_batch(ranks[1], prob[half:], mask[half:])
+    return validation_numbers(ClassicMetrics.from_sums(ranks[0].sums + ranks[1].sums))
+
+
 def test_validation_metrics_match_model_metrics():
-    metrics = pytest.importorskip("blurset.model.metrics")
     gen = torch.Generator().manual_seed(0)
     prob = torch.rand(3, 1, 24, 20, generator=gen)
     mask = (torch.rand(3, 1, 24, 20, generator=gen) > 0.6).float()
     mask[1] = 0  # an image without blur
     prob[2] = 0.5  # a constant map
-    ours = metrics_from_sums(curve_sums(prob, mask))
-    ref = metrics.BlurMetrics()
+    ours = _validation_numbers(prob, mask)
+    ref = BlurMetrics()
     for p, g in zip(prob[:, 0].numpy(), mask[:, 0].numpy(), strict=True):
         ref.step(p, g)
     got = ref.results()
     assert ours["mae"] == pytest.approx(got["mae"], abs=1e-9)
     assert ours["max_f"] == pytest.approx(got["max_f"], abs=1e-9)
     assert ours["mean_f"] == pytest.approx(got["mean_f"], abs=1e-9)
+    assert (ours["images"], ours["empty_masks"]) == (3, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +335,7 @@ def test_load_checkpoint_reproduces_recorded_metrics(two_epochs, toy, tmp_path):
     y = torch.stack([ds[i][1] for i in range(len(ds))])
     with torch.no_grad():
         prob = model.predict(x)
-    again = metrics_from_sums(curve_sums(prob, y))
+    again = _validation_numbers(prob, y)
     assert again["mae"] == pytest.approx(meta["metrics"]["val_mae"], abs=1e-6)
     assert again["max_f"] == pytest.approx(meta["metrics"]["val_max_f"], abs=1e-6)
     other, _ = load_checkpoint(out / "checkpoints" / "last.pt")
