@@ -31,6 +31,7 @@ import yaml
 
 from blurset.errors import InputError
 from blurset.model.data import Augment
+from blurset.model.losses import DEFAULT_BOUNDARY_WEIGHT
 
 __all__ = ["ConfigError", "TrainConfig", "load_config"]
 
@@ -96,7 +97,7 @@ class TrainConfig:
     def effective_boundary_weight(self) -> float:
         if self.boundary_weight is not None:
             return float(self.boundary_weight)
-        return 1.0 if self.dpn_config().boundary_loss else 0.0
+        return DEFAULT_BOUNDARY_WEIGHT if self.dpn_config().boundary_loss else 0.0
 
     def resolved(self) -> dict[str, Any]:
         """Every key with its value, the model's full config included (plain YAML types)."""

@@ -1,14 +1,13 @@
 """Evaluate blur maps against masks: folders, in-memory pairs, reports, baseline maps.
 
 - :func:`evaluate_dirs`: a folder of maps against a folder of masks, matched by file stem.
-- :func:`evaluate_arrays`: ``(map, mask)`` pairs in memory (the training loop's validation).
+- :func:`evaluate_arrays`: ``(map, mask)`` pairs in memory.
 - :func:`write_report`: ``metrics.json``, curve CSVs and PR / F / ROC figures of several methods.
 - :func:`format_table`: the numbers as a plain-text table for the CLI.
 - :func:`baseline_map`: blurset's own handcrafted maps (:mod:`blurset.model.baselines`) by name.
 
-Every number follows the protocols of :mod:`blurset.model.metrics` (classic ``max_f``/``mean_f``).
-Maps are resized to their mask's size (bilinear, antialiased when shrinking, as MATLAB's
-``imresize``); masks are never resized. Mask polarity is the dataset's: 255 = blurred.
+Numbers are :class:`blurset.model.metrics.BlurMetrics`' (``docs/metrics.md``). Maps are resized to
+their mask's size; masks are never resized. Mask polarity is the dataset's: 255 = blurred.
 """
 
 from __future__ import annotations
