@@ -7,8 +7,8 @@ masks are the real CUHK masks in ``../shared/data/cuhk_gt`` (the photos, cut fro
 package-shipped ones, blurred where their mask is 255), ingests it into a fresh workspace, then
 ``--repeats`` times, interleaved (``os.sync()`` before each):
 
-- release: ``blurset.pipeline.release.core.build_release`` with the published 800/200 split; the time is
-  its shard-writing step (reading every image and mask object, building the Arrow row groups,
+- release: ``blurset.pipeline.release.build_release`` with the published 800/200 split; the time
+  is its shard-writing step (reading every image and mask object, building the Arrow row groups,
   writing the Parquet shards, sha256 while writing, fsync), from ``ReleaseInfo.timings``;
 - copy: the same image and mask objects read and appended to one file in the same folder,
   fsync'd once: the fastest a plain copy of those bytes can go.
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep the workspace here (default: a temp dir)")
     args = ap.parse_args(argv)
 
-    from blurset.pipeline.release import core as R
+    from blurset.pipeline import release as R
     from blurset.pipeline.stages.ingest import ingest_batch
     from blurset.pipeline.stages.sources import scan_source
     from blurset.pipeline.workspace import Workspace
@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = 0
         for r in range(args.repeats):
             os.sync()  # no writeback of an earlier pass left to compete with this one
-            info = R.build_release(ws, catalog, "bench", "1.0.0", from_sources=["cuhk"],
-                                   split_file=KIM, out_root=work / f"releases-{r}")
+            spec = R.ReleaseSpec("bench", "1.0.0", from_sources=["cuhk"], split_file=KIM,
+                                 out_root=work / f"releases-{r}")
+            info = R.build_release(ws, catalog, spec)
             rows = info.rows
             release.append((data, info.timings["shards"], info.timings["total"]))
             os.sync()

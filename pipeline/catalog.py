@@ -235,6 +235,74 @@ class QuarantineRow:
     object_path: str | None
 
 
+@dataclass(frozen=True)
+class AnnotatedMask:
+    """The current mask of an annotated task (for a release)."""
+
+    server: str
+    project: str
+    project_id: int
+    task_id: int
+    image_id: str
+    source: str
+    rel_path: str
+    prelabel: str | None
+    current_annotation_id: int
+    blur_type: str | None  # the task's
+    annotators: tuple[str, ...]  # everyone who submitted an annotation of the task
+    agreement_iou: float | None
+    updated_at: str
+    mask_object: str
+    blur_degree: float | None
+    annotation_blur_type: str | None  # the current annotation's
+    annotator: str  # who submitted the current annotation
+    annotation_ids: tuple[int, ...]  # every annotation of the task, in id order
+
+
+@dataclass(frozen=True)
+class GroundTruthMask:
+    id: int
+    image_id: str
+    source: str
+    object_path: str
+    blur_degree: float | None
+
+
+@dataclass(frozen=True)
+class SourcePath:
+    """A path of an image in its source, with the image's size, hash and object."""
+
+    source: str
+    rel_path: str
+    image_id: str
+    blur_type: str | None
+    excluded: str | None
+    width: int
+    height: int
+    phash: str
+    object_path: str
+
+
+@dataclass(frozen=True)
+class ReleaseCandidates:
+    """Everything a release selection reads from the catalog, and the SQL that read it."""
+
+    annotated: list[AnnotatedMask]  # by project, newest task first
+    ground_truth: list[GroundTruthMask]  # by mask id
+    rejected: set[str]  # image ids of tasks people rejected
+    paths: dict[tuple[str, str], list[SourcePath]]  # (source, image id) → paths, by rel_path
+    queries: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PrelabelMeasurement:
+    """What ``annotate pull`` measured of a task's model pre-label against the final mask."""
+
+    image_id: str
+    iou: float
+    accepted: bool
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -572,3 +640,68 @@ class Catalog:
             q = q.where(releases.c.name == name)
         with self.engine.connect() as c:
             return [dict(r) for r in c.execute(q).mappings()]
+
+    def release_candidates(self, sources: Sequence[str],
+                           projects: Sequence[str]) -> ReleaseCandidates:
+        """The current masks of the annotated tasks of ``projects``, the ground-truth blur masks
+        of ``sources``, the rejected images and every path, for a release selection."""
+        from sqlalchemy import and_
+        t, a = annotation_tasks, annotations
+        ann_q = (select(t.c.server, t.c.project, t.c.project_id, t.c.task_id, t.c.image_id,
+                        t.c.source, t.c.rel_path, t.c.prelabel, t.c.current_annotation_id,
+                        t.c.blur_type, t.c.annotators, t.c.agreement_iou, t.c.updated_at,
+                        a.c.mask_object, a.c.blur_degree,
+                        a.c.blur_type.label("annotation_blur_type"), a.c.annotator)
+                 .join(a, and_(a.c.server == t.c.server, a.c.project_id == t.c.project_id,
+                               a.c.annotation_id == t.c.current_annotation_id))
+                 .where(t.c.status == "annotated", a.c.mask_object.is_not(None),
+                        t.c.project.in_(list(projects)))
+                 .order_by(t.c.project, t.c.updated_at.desc(), t.c.task_id))
+        ids_q = (select(a.c.server, a.c.project_id, a.c.task_id, a.c.annotation_id)
+                 .join(t, and_(a.c.server == t.c.server, a.c.project_id == t.c.project_id,
+                               a.c.task_id == t.c.task_id))
+                 .where(t.c.project.in_(list(projects))).order_by(a.c.annotation_id))
+        gt_q = (select(masks.c.id, masks.c.image_id, masks.c.source, masks.c.object_path,
+                       masks.c.blur_degree)
+                .where(masks.c.kind == "blur", masks.c.origin == "ground-truth",
+                       masks.c.source.in_(list(sources)))
+                .order_by(masks.c.id))
+        rejected_q = select(t.c.image_id).where(t.c.status == "rejected").distinct()
+        paths_q = (select(image_paths.c.source, image_paths.c.rel_path, image_paths.c.image_id,
+                          image_paths.c.blur_type, image_paths.c.excluded, images.c.width,
+                          images.c.height, images.c.phash, images.c.object_path)
+                   .join(images, images.c.id == image_paths.c.image_id)
+                   .order_by(image_paths.c.source, image_paths.c.rel_path))
+        with self.engine.connect() as c:
+            ann_rows = [dict(r) for r in c.execute(ann_q).mappings()]
+            ids_of: dict[tuple, list[int]] = {}
+            for r in c.execute(ids_q).mappings():
+                key = (r["server"], r["project_id"], r["task_id"])
+                ids_of.setdefault(key, []).append(r["annotation_id"])
+            gt = [GroundTruthMask(**r) for r in c.execute(gt_q).mappings()]
+            rejected = {r[0] for r in c.execute(rejected_q)}
+            paths: dict[tuple[str, str], list[SourcePath]] = {}
+            for r in c.execute(paths_q).mappings():
+                paths.setdefault((r["source"], r["image_id"]), []).append(SourcePath(**r))
+        annotated = [AnnotatedMask(**dict(
+            r, annotators=tuple(json.loads(r["annotators"] or "[]")),
+            annotation_ids=tuple(ids_of.get((r["server"], r["project_id"], r["task_id"]), ()))))
+            for r in ann_rows]
+
+        def sql(q: Any) -> str:
+            return str(q.compile(self.engine, compile_kwargs={"literal_binds": True}))
+        queries = {"annotated": sql(ann_q), "annotation_ids": sql(ids_q),
+                   "ground_truth": sql(gt_q), "rejected": sql(rejected_q), "paths": sql(paths_q)}
+        return ReleaseCandidates(annotated, gt, rejected, paths, queries)
+
+    def prelabel_measurements(self, image_ids: Sequence[str]) -> list[PrelabelMeasurement]:
+        """The pre-label IoU and acceptance ``annotate pull`` measured for these images' tasks,
+        by image id."""
+        q = (select(annotation_tasks.c.image_id, annotation_tasks.c.prelabel_iou,
+                    annotation_tasks.c.prelabel_accepted)
+             .where(annotation_tasks.c.image_id.in_(list(image_ids)),
+                    annotation_tasks.c.prelabel_iou.is_not(None))
+             .order_by(annotation_tasks.c.image_id))
+        with self.engine.connect() as c:
+            return [PrelabelMeasurement(image_id, float(iou), bool(ok))
+                    for image_id, iou, ok in c.execute(q)]

@@ -261,15 +261,15 @@ def release_task(workspace: str, name: str, version: str, from_sources: list[str
                  license: str, out_root: str | None, show_progress: bool) -> dict:
     from dataclasses import asdict
 
-    from blurset.pipeline.release.core import build_release
+    from blurset.pipeline.release import ReleaseSpec, build_release
     ws = Workspace.open(workspace)
     catalog = ws.catalog()
     try:
         with tqdm(desc=f"release {name} {version}", unit="img", disable=not show_progress) as bar:
-            info = build_release(ws, catalog, name, version, from_sources=from_sources,
-                                 projects=projects, split=split, split_file=split_file,
-                                 shard_bytes=shard_bytes, license=license, out_root=out_root,
-                                 progress=bar.update)
+            spec = ReleaseSpec(name, version, from_sources=from_sources, projects=projects,
+                               split=split, split_file=split_file, shard_bytes=shard_bytes,
+                               license=license, out_root=out_root)
+            info = build_release(ws, catalog, spec, progress=bar.update)
     finally:
         catalog.close()
     out = asdict(info)

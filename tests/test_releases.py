@@ -4,6 +4,7 @@ Parquet shards, manifest, dataset card, verify, diff, publish (local folder and 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import itertools
 import json
@@ -19,10 +20,11 @@ import yaml
 from conftest import free_port
 from PIL import Image
 
+from blurset.model.release_format import SCHEMA
+from blurset.pipeline import release as R
 from blurset.pipeline.catalog import Catalog, MaskRow
 from blurset.pipeline.demo.sample import SOURCES, write_sample
 from blurset.pipeline.demo.simulate import hidden_truth
-from blurset.pipeline.release import core as R
 from blurset.pipeline.stages.dedup.run import run_dedup
 from blurset.pipeline.stages.ingest import encode_png, ingest_batch
 from blurset.pipeline.stages.sources import scan_source
@@ -81,7 +83,8 @@ def cuhk_release(base, tmp_path_factory) -> Path:
     shutil.copytree(ws_root, root / "ws")
     ws = Workspace.open(root / "ws")
     catalog = ws.catalog()
-    info = R.build_release(ws, catalog, "cuhk", "1.0.0", from_sources=["cuhk"], split_file=KIM)
+    info = R.build_release(ws, catalog, R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"],
+                                                      split_file=KIM))
     catalog.close()
     return info.path
 
@@ -313,8 +316,8 @@ def annotated_scenario(env: Env) -> dict:
 
 def test_release_from_annotated_images(env):
     sc = annotated_scenario(env)
-    info = R.build_release(env.ws, env.catalog, "szu-bd", "1.0.0", projects=["szu-bd"],
-                           split="train=0.5,test=0.5", shard_bytes=40_000)
+    info = R.build_release(env.ws, env.catalog, R.ReleaseSpec(
+        "szu-bd", "1.0.0", projects=["szu-bd"], split="train=0.5,test=0.5", shard_bytes=40_000))
     assert info.path == env.ws.root / "releases" / "szu-bd" / "1.0.0"
     rows = {r["id"]: r for r in rows_of(info.path)}
     expected = {it["image_id"]: it for it in sc["released"]}
@@ -349,7 +352,8 @@ def test_rejected_images_are_left_out_even_with_ground_truth(env):
     cuhk = env.catalog.paths_of("cuhk")[0]
     fake_pull(env, "review", [{"image_id": cuhk["image_id"], "source": "cuhk",
                                "rel_path": cuhk["rel_path"], "reject": "unusable"}])
-    info = R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", from_sources=["cuhk"])
+    info = R.build_release(env.ws, env.catalog,
+                           R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"]))
     assert info.rows == 19 and info.dropped == {"rejected": 1}
     assert cuhk["image_id"] not in {r["id"] for r in rows_of(info.path)}
 
@@ -367,7 +371,8 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
          "prelabel": "laplacian-blur-map@blurset", "masks": [("person-two", gts[2])]},
     ]
     fake_pull(env, "review", items)
-    info = R.build_release(env.ws, env.catalog, "review", "1.0.0", projects=["review"])
+    info = R.build_release(env.ws, env.catalog,
+                           R.ReleaseSpec("review", "1.0.0", projects=["review"]))
     card = (info.path / "README.md").read_text()
     assert "Pre-labels: 3 of 3 annotated images were pushed with one" in card
     assert "1 of 2 ground-truth pre-labels kept unchanged" in card
@@ -383,7 +388,8 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
                   .where(annotation_tasks.c.image_id == cuhk[2]["image_id"])
                   .values(prelabel_iou=0.995, prelabel_accepted=True,
                           prelabel_version="laplacian-blur-map@blurset"))
-    info = R.build_release(env.ws, env.catalog, "review", "1.1.0", projects=["review"])
+    info = R.build_release(env.ws, env.catalog,
+                           R.ReleaseSpec("review", "1.1.0", projects=["review"]))
     card = (info.path / "README.md").read_text()
     assert ("model pre-labels: 1 of 1 measured at pull were accepted unchanged (IoU ≥ 0.99 with "
             "the final mask), mean IoU 0.995") in card
@@ -391,15 +397,15 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
 
 def test_nothing_to_release_and_unknown_names_are_clear(env):
     with pytest.raises(R.NothingToRelease, match="no image with a blur mask"):
-        R.build_release(env.ws, env.catalog, "x", "1.0.0", from_sources=["msra10k"])
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec("x", "1.0.0", from_sources=["msra10k"]))
     with pytest.raises(R.ReleaseError, match="source.*nope.*not in the catalog"):
-        R.build_release(env.ws, env.catalog, "x", "1.0.0", from_sources=["nope"])
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec("x", "1.0.0", from_sources=["nope"]))
     with pytest.raises(R.ReleaseError, match="no task in the catalog"):
-        R.build_release(env.ws, env.catalog, "x", "1.0.0", projects=["nope"])
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec("x", "1.0.0", projects=["nope"]))
     with pytest.raises(R.ReleaseError, match="folder name"):
-        R.build_release(env.ws, env.catalog, "../x", "1.0.0", from_sources=["cuhk"])
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec("../x", "1.0.0", from_sources=["cuhk"]))
     with pytest.raises(R.ReleaseError, match="not a semantic version"):
-        R.build_release(env.ws, env.catalog, "x", "1.0", from_sources=["cuhk"])
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec("x", "1.0", from_sources=["cuhk"]))
     assert not (env.ws.root / "releases" / "x").exists() or not any(
         (env.ws.root / "releases" / "x").iterdir())
 
@@ -453,7 +459,7 @@ def test_card_front_matter_parses_and_its_counts_match_the_data(cuhk_release):
                              f"'{cuhk_release}/data/*.parquet') GROUP BY split").fetchall())
     info = meta["dataset_info"]
     assert {s["name"]: s["num_examples"] for s in info["splits"]} == actual
-    assert [f["name"] for f in info["features"]] == R.SCHEMA.names
+    assert [f["name"] for f in info["features"]] == SCHEMA.names
     assert {f["name"]: f.get("dtype") for f in info["features"]}["image"] == "image"
     table = duckdb.sql(f"SELECT split, blur_type, source, count(*) FROM read_parquet("
                        f"'{cuhk_release}/data/*.parquet') GROUP BY ALL").fetchall()
@@ -467,8 +473,8 @@ def test_card_front_matter_parses_and_its_counts_match_the_data(cuhk_release):
 
 
 def test_card_license_parameter(env):
-    info = R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", from_sources=["cuhk"],
-                           license="cc-by-nc-4.0")
+    info = R.build_release(env.ws, env.catalog, R.ReleaseSpec(
+        "cuhk", "1.0.0", from_sources=["cuhk"], license="cc-by-nc-4.0"))
     assert front_matter((info.path / "README.md").read_text())["license"] == "cc-by-nc-4.0"
 
 
@@ -479,8 +485,10 @@ def test_card_license_parameter(env):
 def test_same_inputs_give_identical_shards(env, tmp_path):
     import pyarrow.parquet as pq
     kw = {"from_sources": ["cuhk"], "shard_bytes": 150_000, "row_group_rows": 3}
-    a = R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", out_root=tmp_path / "a", **kw)
-    b = R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", out_root=tmp_path / "b", **kw)
+    a = R.build_release(env.ws, env.catalog,
+                        R.ReleaseSpec("cuhk", "1.0.0", out_root=tmp_path / "a", **kw))
+    b = R.build_release(env.ws, env.catalog,
+                        R.ReleaseSpec("cuhk", "1.0.0", out_root=tmp_path / "b", **kw))
     files_a = sorted(p.relative_to(a.path) for p in a.path.rglob("*") if p.is_file())
     assert files_a == sorted(p.relative_to(b.path) for p in b.path.rglob("*") if p.is_file())
     assert len([f for f in files_a if f.suffix == ".parquet"]) > 2
@@ -499,15 +507,14 @@ def test_same_inputs_give_identical_shards(env, tmp_path):
 
 def test_an_existing_version_is_refused_and_the_parent_is_the_highest_below(env):
     root = env.ws.root / "releases"
-    first = R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", from_sources=["cuhk"])
+    first = R.build_release(env.ws, env.catalog,
+                            R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"]))
     with pytest.raises(FileExistsError, match=re.escape(str(root / "cuhk" / "1.0.0"))):
-        R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", from_sources=["cuhk"])
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"]))
     assert R.verify_release(first.path).ok
-    assert R.build_release(env.ws, env.catalog, "cuhk", "1.2.0",
-                           from_sources=["cuhk"]).parent == "1.0.0"
-    assert R.build_release(env.ws, env.catalog, "cuhk", "1.1.0",
-                           from_sources=["cuhk"]).parent == "1.0.0"
-    assert R.build_release(env.ws, env.catalog, "cuhk", "0.9.0", from_sources=["cuhk"]).parent is None
+    for version, parent in [("1.2.0", "1.0.0"), ("1.1.0", "1.0.0"), ("0.9.0", None)]:
+        spec = R.ReleaseSpec("cuhk", version, from_sources=["cuhk"])
+        assert R.build_release(env.ws, env.catalog, spec).parent == parent
     listed = R.list_releases(root)
     assert [(r.name, r.version, r.parent) for r in listed] == [
         ("cuhk", "0.9.0", None), ("cuhk", "1.0.0", None), ("cuhk", "1.1.0", "1.0.0"),
@@ -515,28 +522,30 @@ def test_an_existing_version_is_refused_and_the_parent_is_the_highest_below(env)
     assert all(r.rows == 20 for r in listed)
 
 
-@pytest.mark.parametrize("where", ["write_shard", "_render_card"])
+@pytest.mark.parametrize("where", ["shards.write_shard", "build.render_card"])
 def test_a_crash_halfway_publishes_nothing_and_a_rerun_succeeds(env, monkeypatch, where):
-    real = getattr(R, where)
+    module, name = where.split(".")
+    module = importlib.import_module(f"blurset.pipeline.release.{module}")
+    real = getattr(module, name)
     calls = itertools.count()
 
     def crash(*args, **kwargs):
-        if next(calls) == 1 or where == "_render_card":
+        if next(calls) == 1 or name == "render_card":
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(R, where, crash)
+    monkeypatch.setattr(module, name, crash)
     with pytest.raises(OSError, match="No space left"):
-        R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", from_sources=["cuhk"],
-                        shard_bytes=100_000)
+        R.build_release(env.ws, env.catalog, R.ReleaseSpec(
+            "cuhk", "1.0.0", from_sources=["cuhk"], shard_bytes=100_000))
     folder = env.ws.root / "releases" / "cuhk"
     assert list(folder.iterdir()) == []  # no release and no temporary folder left behind
     assert env.catalog.releases() == [] and R.list_releases(env.ws.root / "releases") == []
     # a build killed outright leaves its temporary folder: it is ignored, and in nobody's way
     (folder / ".tmp-1.0.0-killed" / "data").mkdir(parents=True)
-    monkeypatch.setattr(R, where, real)
-    info = R.build_release(env.ws, env.catalog, "cuhk", "1.0.0", from_sources=["cuhk"],
-                           shard_bytes=100_000)
+    monkeypatch.setattr(module, name, real)
+    info = R.build_release(env.ws, env.catalog, R.ReleaseSpec(
+        "cuhk", "1.0.0", from_sources=["cuhk"], shard_bytes=100_000))
     assert info.rows == 20 and R.verify_release(info.path).ok
 
 
@@ -585,7 +594,7 @@ def test_verify_rereads_rows_that_match_their_checksums(cuhk_release, tmp_path):
     table = pq.read_table(shard)
     masks = table.column("mask").to_pylist()
     masks[0] = {"bytes": b"\x89PNG not really", "path": masks[0]["path"]}
-    table = table.set_column(2, "mask", pa.array(masks, type=R.SCHEMA.field("mask").type))
+    table = table.set_column(2, "mask", pa.array(masks, type=SCHEMA.field("mask").type))
     pq.write_table(table, shard)
     manifest = json.loads((copy / "manifest.json").read_text())
     for s in manifest["shards"]:
@@ -605,8 +614,8 @@ def test_verify_rereads_rows_that_match_their_checksums(cuhk_release, tmp_path):
 
 
 def test_diff_finds_added_removed_mask_changed_and_split_changed(env, tmp_path):
-    v1 = R.build_release(env.ws, env.catalog, "mix", "1.0.0", from_sources=["cuhk"],
-                         split_file=KIM)
+    v1 = R.build_release(env.ws, env.catalog,
+                         R.ReleaseSpec("mix", "1.0.0", from_sources=["cuhk"], split_file=KIM))
     cuhk = {p["rel_path"]: p for p in env.catalog.paths_of("cuhk")}
     removed, changed, moved = sorted(cuhk)[:3]
     # removed: people rejected it; mask changed: people repainted it
@@ -627,7 +636,7 @@ def test_diff_finds_added_removed_mask_changed_and_split_changed(env, tmp_path):
     split_file = tmp_path / "split.txt"
     split_file.write_text("".join(f"{n} {('test' if s == 'train' else 'train') if n == name else s}\n"
                                   for n, s in kim.items()))
-    v2 = R.build_release(env.ws, env.catalog, "mix", "2.0.0", split_file=split_file)
+    v2 = R.build_release(env.ws, env.catalog, R.ReleaseSpec("mix", "2.0.0", split_file=split_file))
     assert v2.parent == "1.0.0"
     d = R.diff_releases(v1.path, v2.path)
     assert (d.a, d.b) == ("mix@1.0.0", "mix@2.0.0")
@@ -644,7 +653,15 @@ def test_diff_finds_added_removed_mask_changed_and_split_changed(env, tmp_path):
     assert f"{len(d.added)} added, 1 removed, 1 with a changed mask, 1 moved" in card
     # the repainted CUHK image keeps its blur type from its file name and its annotator
     row = next(r for r in rows_of(v2.path) if r["id"] == cuhk[changed]["image_id"])
-    assert row["annotators"] == ["person-one"] and row["blur_type"] in ("motion", "defocus")
+    assert row["annotators"] == ["person-one"]
+    assert row["blur_type"] == ("motion" if "motion" in changed else "defocus")
+    # every row's blur type: a CUHK image's from its file name, an annotated one's as annotated
+    annotated = {it["image_id"]: it["blur_type"] for it in sc["released"]}
+    for r in rows_of(v2.path):
+        if r["source"] == "cuhk":
+            assert r["blur_type"] == ("motion" if "motion" in r["source_path"] else "defocus")
+        else:
+            assert r["blur_type"] == annotated[r["id"]], r["source_path"]
     # the other CUHK images kept their split from the published list (and from the parent)
     assert R.diff_releases(v2.path, v2.path).counts() == {
         "added": 0, "removed": 0, "mask_changed": 0, "split_changed": 0, "unchanged": v2.rows}

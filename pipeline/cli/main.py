@@ -371,7 +371,7 @@ def release_build(c: Ctx, name: str, version: str, sources: tuple[str, ...],
                   shard_mb: int, license_: str, out_root: str | None) -> None:
     """Write releases/NAME/VERSION: Parquet shards, manifest.json and the dataset card."""
     from blurset.pipeline.flows import release_flow
-    from blurset.pipeline.release.core import ReleaseError, validate_version
+    from blurset.pipeline.release import ReleaseError, validate_version
     ws = c.ws
     if not sources and not projects:
         raise click.UsageError("say what to release: --from-source S and/or --project P")
@@ -400,7 +400,7 @@ def release_build(c: Ctx, name: str, version: str, sources: tuple[str, ...],
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def release_verify(path: str) -> None:
     """Recompute every checksum and re-read every row; exit 1 on any problem."""
-    from blurset.pipeline.release.core import verify_release
+    from blurset.pipeline.release import verify_release
     rep = verify_release(path)
     for p in rep.problems:
         click.echo(f"FAIL {p.file}: {p.message}", err=True)
@@ -419,7 +419,7 @@ def release_diff(a: str, b: str, fmt: str) -> None:
     """Images added, removed, and whose mask or split changed from release A to release B."""
     from dataclasses import asdict
 
-    from blurset.pipeline.release.core import ReleaseError, diff_releases
+    from blurset.pipeline.release import ReleaseError, diff_releases
     try:
         d = diff_releases(a, b)
     except (ReleaseError, OSError) as e:
@@ -444,7 +444,7 @@ def release_diff(a: str, b: str, fmt: str) -> None:
 @pass_ctx
 def release_list(c: Ctx, root: str | None) -> None:
     """Every complete release, by name and version."""
-    from blurset.pipeline.release.core import list_releases
+    from blurset.pipeline.release import list_releases
     found = list_releases(releases_root(c, root))
     if not found:
         click.echo(f"no releases in {releases_root(c, root)}")
@@ -462,7 +462,7 @@ def release_list(c: Ctx, root: str | None) -> None:
                    "(client_kwargs)." )
 def release_publish(path: str, url: str, options: tuple[str, ...]) -> None:
     """Verify PATH, then copy it to URL/NAME/VERSION (a folder or s3://bucket/prefix)."""
-    from blurset.pipeline.release.core import (
+    from blurset.pipeline.release import (
         ReleaseError,
         ReleaseVerificationError,
         publish_release,

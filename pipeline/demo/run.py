@@ -140,7 +140,7 @@ DEMO_RELEASES = [("cuhk-sample", "1.0.0", {"from_sources": ["cuhk"]}),
 def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
     """Build (or reuse) the sample releases in ``wanted`` and verify them."""
     from blurset.pipeline.flows import release_flow
-    from blurset.pipeline.release.core import verify_release
+    from blurset.pipeline.release import verify_release
 
     click.echo(f"[{step}/{steps}] release {', '.join(f'{n} {v}' for n, v, _ in wanted)} (Prefect "
                "flow 'release-build'): Parquet shards, manifest, dataset card")

@@ -1,0 +1,160 @@
+"""Checking a release: every checksum recomputed, every row re-read."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from blurset.model.release_format import BLUR_TYPES, MANIFEST, MANIFEST_SUM, SCHEMA, shard_split
+from blurset.pipeline.release.errors import ReleaseVerificationError
+from blurset.pipeline.release.shards import sha256_file
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    message: str
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    files: int = 0
+    rows: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, file: str, message: str) -> None:
+        self.problems.append(Problem(file, message))
+
+    def raise_for_problems(self) -> VerifyReport:
+        if self.problems:
+            raise ReleaseVerificationError(self)
+        return self
+
+
+def verify_release(path: str | os.PathLike) -> VerifyReport:
+    """Recompute every checksum and re-read every row; never raises for a damaged release.
+
+    Checks: the manifest against ``manifest.json.sha256``; every listed file's size and sha256;
+    no unlisted file; every shard read in full with the release schema, its row count and split;
+    every image's sha256 equal to its id; every mask a PNG of the image's size.
+    """
+    path = Path(path)
+    report = VerifyReport(path)
+    try:
+        raw = (path / MANIFEST).read_bytes()
+    except OSError as e:
+        report.add(MANIFEST, f"cannot be read: {e.strerror or e}")
+        return report
+    report.files += 1
+    try:
+        expected = (path / MANIFEST_SUM).read_text(encoding="utf-8").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        report.add(MANIFEST_SUM, "missing or unreadable: the manifest cannot be checked")
+        expected = None
+    if expected is not None and expected != hashlib.sha256(raw).hexdigest():
+        report.add(MANIFEST, f"sha256 {hashlib.sha256(raw).hexdigest()} differs from "
+                             f"{expected} in {MANIFEST_SUM}")
+    try:
+        manifest = json.loads(raw)
+        listed = [*manifest["shards"], *manifest["files"]]
+    except (ValueError, KeyError, TypeError) as e:
+        report.add(MANIFEST, f"not a release manifest: {e}")
+        return report
+
+    names = {MANIFEST, MANIFEST_SUM}
+    for entry in listed:
+        rel = entry["path"]
+        names.add(rel)
+        f = path / rel
+        if not f.is_file():
+            report.add(rel, "missing")
+            continue
+        report.files += 1
+        size = f.stat().st_size
+        if size != entry["bytes"]:
+            report.add(rel, f"{size} bytes, the manifest says {entry['bytes']}")
+        if (digest := sha256_file(f)) != entry["sha256"]:
+            report.add(rel, f"sha256 {digest} differs from the manifest's {entry['sha256']}")
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel not in names:
+            report.add(rel, "not listed in the manifest")
+
+    all_ids: list[str] = []
+    for shard in manifest["shards"]:
+        rel = shard["path"]
+        if (path / rel).is_file():
+            all_ids += _verify_shard(path / rel, shard, report)
+    if len(set(all_ids)) != len(all_ids):
+        dup = sorted(i for i, n in Counter(all_ids).items() if n > 1)
+        report.add("data/", f"{len(dup)} id(s) in more than one row, e.g. {dup[0]}")
+    if manifest.get("rows") != len(all_ids) and report.ok:
+        report.add(MANIFEST, f"rows {manifest.get('rows')} but the shards hold {len(all_ids)}")
+    return report
+
+
+def _verify_shard(file: Path, entry: Mapping, report: VerifyReport) -> list[str]:
+    rel = entry["path"]
+    split = shard_split(rel)
+    ids: list[str] = []
+    try:
+        pf = pq.ParquetFile(file)
+        if not pf.schema_arrow.equals(SCHEMA, check_metadata=False):
+            report.add(rel, f"schema differs from the release schema: {pf.schema_arrow}")
+            return ids
+        if (pf.schema_arrow.metadata or {}).get(b"huggingface") != SCHEMA.metadata[b"huggingface"]:
+            report.add(rel, "huggingface schema metadata differs from the release's")
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g)
+            for row in table.to_pylist():
+                ids.append(row["id"])
+                _verify_row(rel, row, split, report)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        report.add(rel, f"cannot be read in full: {e}")
+        return ids
+    if len(ids) != entry["rows"]:
+        report.add(rel, f"{len(ids)} rows, the manifest says {entry['rows']}")
+    if ids != sorted(ids):
+        report.add(rel, "rows are not sorted by id")
+    report.rows += len(ids)
+    return ids
+
+
+def _verify_row(rel: str, row: dict, split: str | None, report: VerifyReport) -> None:
+    where = f"row {row['id']}"
+    image = (row["image"] or {}).get("bytes")
+    mask = (row["mask"] or {}).get("bytes")
+    if not image:
+        report.add(rel, f"{where}: empty image bytes")
+    elif hashlib.sha256(image).hexdigest() != row["id"]:
+        report.add(rel, f"{where}: image bytes do not hash to the id")
+    if not mask:
+        report.add(rel, f"{where}: empty mask bytes")
+    else:
+        try:
+            with Image.open(io.BytesIO(mask)) as im:
+                im.load()
+                if im.format != "PNG" or im.size != (row["width"], row["height"]):
+                    report.add(rel, f"{where}: mask is {im.format} {im.size[0]}×{im.size[1]}, "
+                                    f"expected PNG {row['width']}×{row['height']}")
+        except (OSError, SyntaxError, ValueError) as e:
+            report.add(rel, f"{where}: mask does not decode as PNG: {e}")
+    if split is not None and row["split"] != split:
+        report.add(rel, f"{where}: split {row['split']!r} in a {split} shard")
+    if row["blur_type"] not in BLUR_TYPES:
+        report.add(rel, f"{where}: blur type {row['blur_type']!r}")
