@@ -1,4 +1,4 @@
-"""Training data straight from a release's Parquet shards (DESIGN.md, "Data contracts: Release").
+"""Training data straight from a release's Parquet shards (the format: release_format.py).
 
 ``model/`` reads releases by their contract only (``manifest.json`` + ``data/*.parquet``), never
 through ``pipeline/``:
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import re
@@ -53,8 +52,16 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from blurset.errors import InputError, NotFoundError
 from blurset.model.dpn import IMAGENET_MEAN, IMAGENET_STD
+from blurset.model.release_format import (
+    MANIFEST,
+    SPLIT_NAME,
+    ReleaseNotFoundError,
+    ReleaseSpecError,
+    Shard,
+    manifest_shards,
+    read_manifest,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -73,35 +80,14 @@ __all__ = [
     "resolve_release",
 ]
 
-MANIFEST = "manifest.json"
 RELEASES_ENV = "BLURSET_RELEASES"
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<version>[0-9A-Za-z.+-]+)"
                    r"(?::(?P<split>[A-Za-z][A-Za-z0-9_]*))?$")
-_SPLIT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_SHARD_NAME = re.compile(r"^(?:.*/)?([A-Za-z][A-Za-z0-9_]*)-\d{5}-of-\d{5}\.parquet$")
 _COLUMNS = ["id", "image", "mask"]
-
-
-class ReleaseSpecError(InputError):
-    """A release spec or manifest cannot be understood; the message says what was expected."""
-
-
-class ReleaseNotFoundError(NotFoundError, FileNotFoundError):
-    """No release at the place a spec names; the message lists what exists there."""
 
 
 # --------------------------------------------------------------------------------------------
 # Releases
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One Parquet file of a release, as its manifest lists it."""
-
-    file: str  # relative to the release folder: data/{split}-{i:05d}-of-{n:05d}.parquet
-    split: str
-    rows: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -161,47 +147,9 @@ def default_releases_root() -> Path:
     return Path(os.environ.get(RELEASES_ENV) or "releases")
 
 
-def _shard_split(entry: dict) -> str:
-    split = entry.get("split")
-    if isinstance(split, str) and _SPLIT.match(split):
-        return split
-    m = _SHARD_NAME.match(str(entry.get("path", "")))
-    if not m:
-        raise ReleaseSpecError(f"shard {entry.get('path')!r} names no split: expected "
-                               "data/{split}-{i:05d}-of-{n:05d}.parquet")
-    return m.group(1)
-
-
-def _read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise ReleaseNotFoundError(f"no release folder at {folder}")
-    if not path.is_file():
-        raise ReleaseNotFoundError(
-            f"{folder} has no {MANIFEST}: it is not a release, or an incomplete one (a release "
-            "is complete once its manifest is written; build it again with `blurset release`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ReleaseSpecError(f"{path} is not a release manifest: {e}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ReleaseSpecError(f"{path} is not a release manifest: it has no 'shards' list")
-    return manifest
-
-
 def _ref_from_folder(folder: Path, split: str | None) -> ReleaseRef:
-    manifest = _read_manifest(folder)
-    shards = []
-    for entry in manifest["shards"]:
-        try:
-            shards.append(Shard(str(entry["path"]), _shard_split(entry), int(entry["rows"]),
-                                str(entry["sha256"])))
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, ReleaseSpecError):
-                raise
-            raise ReleaseSpecError(f"{folder / MANIFEST}: shard entry {entry!r} lacks path, rows "
-                                   f"or sha256 ({e})") from None
-    shards.sort(key=lambda s: s.file)
+    manifest = read_manifest(folder)
+    shards = manifest_shards(manifest, folder / MANIFEST)
     h = hashlib.sha256()
     for s in shards:
         h.update(f"{s.file}\t{s.sha256}\n".encode())
@@ -227,7 +175,7 @@ def resolve_release(spec: str | os.PathLike, releases_root: str | os.PathLike | 
     if Path(text).is_dir():
         return _ref_from_folder(Path(text), None)
     head, sep, tail = text.rpartition(":")
-    if sep and _SPLIT.match(tail) and Path(head).is_dir():
+    if sep and SPLIT_NAME.match(tail) and Path(head).is_dir():
         return _ref_from_folder(Path(head), tail)
     m = _SPEC.match(text)
     if not m:
@@ -338,7 +286,7 @@ def decode_pair(image: bytes, mask: bytes, size_hint: int | None, row_id: str = 
     if grey.size != (w, h):
         raise ValueError(f"row {row_id}: mask is {grey.size[0]}×{grey.size[1]} but the image "
                          f"is {w}×{h} (after EXIF orientation); the release is inconsistent "
-                         "(check it with pipeline.releases.verify_release)")
+                         "(check it with `blurset release verify`)")
     return rgb, grey
 
 
