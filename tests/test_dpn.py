@@ -16,14 +16,7 @@ from blurset.model.losses import boundary_loss, dpn_loss, sobel_magnitude
 TINY = 0.125  # width multiplier of the test models: F1…F5 have 8, 16, 32, 64, 64 channels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast, and with other processes on the two
-    cores, two OpenMP threads spinning against each other made the overfit test 50× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread
 
 
 def tiny(variant: str = "deb", **kwargs) -> torch.nn.Module:
@@ -52,17 +45,26 @@ def blur_pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_gives_maps_at_every_scale(variant):
-    model = tiny(variant)
+    model = tiny(variant).eval()
     x = torch.rand(2, 3, 32, 48)
-    outputs = model(x)
+    x[1] = gaussian_blur(x[1], [9, 9], [3.0, 3.0])  # the second image is blurred all over
+    with torch.no_grad():
+        outputs = model(x)
+        prob = model.predict(x)
+        alone = model(x[1:])
     assert [tuple(o.shape) for o in outputs] == [
         (2, 1, 32, 48), (2, 1, 16, 24), (2, 1, 8, 12), (2, 1, 4, 6), (2, 1, 2, 3)
     ]
     assert all(torch.isfinite(o).all() for o in outputs)
-    with torch.no_grad():
-        prob = model.predict(x)
+    # predict is the finest map as a probability
     assert prob.shape == (2, 1, 32, 48)
-    assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+    torch.testing.assert_close(prob, torch.sigmoid(outputs[0]))
+    # each image's maps are its own: the same alone as in a batch, and another image's differ
+    for batched, single in zip(outputs, alone, strict=True):
+        torch.testing.assert_close(batched[1:], single, rtol=1e-4, atol=1e-5)
+        assert (batched[0] - batched[1]).abs().max() > 1e-4
+    # every map varies over the image (a constant map would ignore where the blur is)
+    assert all(float(o[0].std()) > 0 for o in outputs[:-1])
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,7 @@ def test_every_parameter_gets_a_finite_gradient(variant, options):
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-    assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters())
+        assert float(p.grad.abs().sum()) > 0, f"no gradient reaches {name}"
 
 
 def test_recurrence_reuses_the_same_weights():
