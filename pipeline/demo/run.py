@@ -139,6 +139,7 @@ DEMO_RELEASES = [("cuhk-sample", "1.0.0", {"from_sources": ["cuhk"]}),
 
 def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
     """Build (or reuse) the sample releases in ``wanted`` and verify them."""
+    from blurset.model.release_format import MANIFEST
     from blurset.pipeline.flows import release_flow
     from blurset.pipeline.release import verify_release
 
@@ -147,7 +148,7 @@ def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
     out = {}
     for name, version, what in wanted:
         path = ws.root / "releases" / name / version
-        if (path / "manifest.json").exists():
+        if (path / MANIFEST).exists():
             click.echo(f"      {name} {version}: exists (a published version is immutable), reused")
         else:
             r = release_flow(str(ws.root), name, version, **what)
