@@ -10,7 +10,8 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,19 +37,17 @@ from blurset.pipeline.release.card import (
 )
 from blurset.pipeline.release.diff import diff_index, release_index
 from blurset.pipeline.release.errors import NothingToRelease, ReleaseError
-from blurset.pipeline.release.select import Selection, select_images
+from blurset.pipeline.release.select import select_images
 from blurset.pipeline.release.shards import (
     DEFAULT_SHARD_BYTES,
     ROW_GROUP_ROWS,
     ShardInfo,
-    WrittenShards,
     object_sizes,
     write_shards,
 )
 from blurset.pipeline.release.splits import (
     DEFAULT_SPLIT,
     SplitFile,
-    SplitPlan,
     parse_split,
     plan_splits,
 )
@@ -147,16 +146,13 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
     timings["select"] = time.perf_counter() - t0
     sizes = object_sizes(ws, sel.rows)
 
-    (out_root / name).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=out_root / name))
-    try:
+    with _staged(final) as tmp:
         t1 = time.perf_counter()
         (tmp / DATA_DIR).mkdir()
         written = write_shards(tmp, sel.rows, plan.assigned, plan.names, ws, sizes,
                                spec.shard_bytes, spec.row_group_rows, progress)
         fsync_dir(tmp / DATA_DIR)
         timings["shards"] = time.perf_counter() - t1
-
         t2 = time.perf_counter()
         changelog = None
         if parent:
@@ -164,30 +160,9 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
             changelog = {"parent": parent, **d.counts(),
                          "moves": dict(Counter(f"{a}→{b}" for _, a, b in d.split_changed))}
         facts = CardFacts(name, version, spec.license, parent, sel, plan, written, changelog)
-        context = card_context(catalog, ws, facts)
-        hist = histogram_png(sel.rows, written.degrees)
-        card = render_card(Path(spec.template) if spec.template else default_template(), context)
-        # the card and the manifest get the shards' permission bits (the umask's)
-        mode = (tmp / written.shards[0].path).stat().st_mode & 0o777
-        files = [_write_new(tmp / CARD, card.encode("utf-8"), mode),
-                 _write_new(tmp / HISTOGRAM, hist, mode)]
-        manifest = _manifest(catalog, spec, parent, sel, plan, written, files,
-                             data_bytes=sum(sizes.values()), changelog=changelog)
-        raw = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        _write_new(tmp / MANIFEST, raw, mode)
-        manifest_sha = hashlib.sha256(raw).hexdigest()
-        _write_new(tmp / MANIFEST_SUM, f"{manifest_sha}  {MANIFEST}\n".encode(), mode)
-        fsync_dir(tmp)
+        manifest, manifest_sha = _write_card_and_manifest(tmp, catalog, ws, spec, facts,
+                                                          sum(sizes.values()))
         timings["card_manifest"] = time.perf_counter() - t2
-        try:
-            os.rename(tmp, final)
-        except OSError as e:  # another build of this version finished first
-            raise FileExistsError(f"release {name} {version} appeared at {final} while it was "
-                                  f"being built ({e.strerror}); nothing was replaced") from None
-        fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     catalog.record_release(name, version, str(final), parent, manifest_sha, len(sel.rows),
                            manifest["created_at"])
     timings["total"] = time.perf_counter() - t0
@@ -197,20 +172,59 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
                        manifest["counts"]["dropped"], manifest_sha, timings)
 
 
+@contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A temporary folder beside ``final``, fsync'd and renamed to it when the block ends, or
+    removed if it raises: a crash publishes nothing."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:  # another build of this version finished first
+            raise FileExistsError(f"release {final.parent.name} {final.name} appeared at {final} "
+                                  f"while it was being built ({e.strerror}); nothing was "
+                                  "replaced") from None
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_card_and_manifest(tmp: Path, catalog: Catalog, ws: Workspace, spec: ReleaseSpec,
+                             facts: CardFacts, data_bytes: int) -> tuple[dict, str]:
+    """The card, its histogram, the manifest and its checksum; (manifest, its sha256)."""
+    written = facts.written
+    context = card_context(catalog, ws, facts)
+    hist = histogram_png(facts.selection.rows, written.degrees)
+    card = render_card(Path(spec.template) if spec.template else default_template(), context)
+    mode = (tmp / written.shards[0].path).stat().st_mode & 0o777  # the shards' (the umask's)
+    files = [_write_new(tmp / CARD, card.encode("utf-8"), mode),
+             _write_new(tmp / HISTOGRAM, hist, mode)]
+    manifest = _manifest(catalog, spec, facts, files, data_bytes)
+    raw = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    _write_new(tmp / MANIFEST, raw, mode)
+    manifest_sha = hashlib.sha256(raw).hexdigest()
+    _write_new(tmp / MANIFEST_SUM, f"{manifest_sha}  {MANIFEST}\n".encode(), mode)
+    return manifest, manifest_sha
+
+
 def _write_new(path: Path, data: bytes, mode: int) -> dict:
     """Write a new file of the release; its manifest entry."""
     atomic_write(path, data, mode=mode, exclusive=True)
     return {"path": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _manifest(catalog: Catalog, spec: ReleaseSpec, parent: str | None, sel: Selection,
-              plan: SplitPlan, written: WrittenShards, files: list[dict], *, data_bytes: int,
-              changelog: dict | None) -> dict:
+def _manifest(catalog: Catalog, spec: ReleaseSpec, facts: CardFacts, files: list[dict],
+              data_bytes: int) -> dict:
+    sel, plan, written = facts.selection, facts.splits, facts.written
     return {
         "format": FORMAT,
         "name": spec.name,
         "version": spec.version,
-        "parent": parent,
+        "parent": facts.parent,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": len(sel.rows),
         "image_mask_bytes": data_bytes,
@@ -235,5 +249,5 @@ def _manifest(catalog: Catalog, spec: ReleaseSpec, parent: str | None, sel: Sele
             "split_assigned_by": plan.assigned_by(),
         },
         "dropped": [asdict(d) for d in sel.dropped],
-        "changelog": changelog,
+        "changelog": facts.changelog,
     }
