@@ -14,6 +14,8 @@ from blurset.pipeline.cli.main import cli
 from blurset.pipeline.demo.run import SAMPLE_SOURCES, score_against_truth
 from blurset.pipeline.demo.sample import write_sample
 
+pytestmark = pytest.mark.integration  # every test runs flows under the Prefect test harness
+
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:

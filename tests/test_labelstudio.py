@@ -23,6 +23,8 @@ from blurset.pipeline.stages.labelling import pull, push, status
 from blurset.pipeline.stages.sources import scan_source
 from blurset.pipeline.workspace import Workspace
 
+pytestmark = pytest.mark.integration  # every test talks to a real Label Studio server
+
 
 def ingest(ws: Workspace, kind: str, name: str, root: Path) -> None:
     catalog = ws.catalog()

@@ -122,6 +122,7 @@ def test_predict_answers_one_prediction_per_task_as_the_prelabeller_does(backend
     assert [r["from_name"] for r in body["results"][0]["result"]] == [BRUSH]
 
 
+@pytest.mark.integration
 def test_a_dpn_checkpoint_predicts_through_the_backend(checkpoints, tmp_path):  # noqa: F811
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(photo(2, (96, 80))))
     dpn = make_prelabeller(str(checkpoints["best"]))
@@ -199,6 +200,7 @@ def import_one_image(client, tmp_path: Path, document_root: Path, project: str) 
     return project_id, task_id
 
 
+@pytest.mark.integration
 def test_label_studio_gets_predictions_from_the_backend(
         label_studio, predictor, tmp_path, request):
     client = connect()
@@ -234,6 +236,7 @@ def test_label_studio_gets_predictions_from_the_backend(
     assert data["model_version"] == LBP and data["result"] == want["result"]
 
 
+@pytest.mark.integration
 def test_cli_up_is_idempotent_connects_the_project_and_down_stops_it(
         label_studio, tmp_path, request):
     client = connect()

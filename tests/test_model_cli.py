@@ -47,6 +47,7 @@ def setup(tmp_path_factory) -> dict:
             "ckpt": base / "run" / "checkpoints" / "best.pt"}
 
 
+@pytest.mark.integration
 def test_train_writes_a_checkpoint_and_refuses_to_overwrite(setup):
     assert "trained 2 epochs" in setup["out"] and setup["ckpt"].is_file()
     ckpt = torch.load(setup["ckpt"], weights_only=True)
@@ -63,6 +64,7 @@ def test_train_writes_a_checkpoint_and_refuses_to_overwrite(setup):
     assert r.exit_code == 1 and "no release named 'nope'" in r.output
 
 
+@pytest.mark.integration
 def test_evaluate_a_checkpoint_on_a_release_with_the_baselines(setup, tmp_path):
     out, js = tmp_path / "report", tmp_path / "numbers.json"
     text = run("-w", str(setup["ws"]), "evaluate", "--checkpoint", str(setup["ckpt"]),
@@ -110,6 +112,7 @@ def _eval_json(tmp_path: Path, *args: str) -> str:
     return js.read_text()
 
 
+@pytest.mark.integration
 def test_crosscheck_with_a_checkpoint_and_with_training(setup, tmp_path):
     text = run("-w", str(setup["ws"]), "crosscheck", "--checkpoint", str(setup["ckpt"]),
                "--test", "other@1.0.0", "--out", str(tmp_path / "cc"),
@@ -127,6 +130,7 @@ def test_crosscheck_with_a_checkpoint_and_with_training(setup, tmp_path):
     assert (tmp_path / "cc2" / "train" / "checkpoints" / "best.pt").is_file()
 
 
+@pytest.mark.integration
 def test_predict_blur_degree_and_dof_magnify(setup, tmp_path):
     images = []
     for i, (w, h) in enumerate([(90, 70), (64, 64)]):

@@ -73,6 +73,7 @@ def predictions_by_task(client, project_id: int) -> dict[int, list[dict]]:
     return out
 
 
+@pytest.mark.integration
 def test_push_with_a_checkpoint_predicts_mask_score_and_blur_type(
         label_studio, checkpoints, tmp_path, request, monkeypatch):
     from blurset.model import train as model_train
@@ -108,6 +109,7 @@ def test_push_with_a_checkpoint_predicts_mask_score_and_blur_type(
         assert prediction_mask(p).shape == (img["height"], img["width"])
 
 
+@pytest.mark.integration
 def test_prelabel_adds_a_newer_model_only_to_unannotated_tasks_idempotently(
         label_studio, prefect_harness, checkpoints, tmp_path, request):
     ws, _ = small_workspace(tmp_path)
@@ -140,6 +142,7 @@ def test_prelabel_adds_a_newer_model_only_to_unannotated_tasks_idempotently(
     assert predictions_by_task(client, r.project_id) == after
 
 
+@pytest.mark.integration
 def test_pull_measures_the_work_saved_and_status_reports_it(
         label_studio, prefect_harness, checkpoints, tmp_path, request):
     ws, _ = small_workspace(tmp_path)
@@ -176,6 +179,7 @@ def test_pull_measures_the_work_saved_and_status_reports_it(
     assert "lbp-blur-map@blurset: prelabelled_annotated 2" in out.output
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("which", ["missing", "garbage"])
 def test_a_bad_checkpoint_is_a_clear_error_and_changes_nothing(
         label_studio, prefect_harness, checkpoints, tmp_path, request, which):
@@ -276,6 +280,7 @@ def test_rank_candidates_skips_the_hopeless_and_puts_the_uncertain_first():
         rank_candidates(preds, 0.5, 0.4)
 
 
+@pytest.mark.integration
 def test_push_with_rank_leaves_out_the_hopeless_and_pushes_the_uncertain_first(
         label_studio, tmp_path, request):
     """Ranking works for any pre-labeller; LBP's Otsu masks give four distinct blur degrees on

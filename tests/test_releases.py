@@ -711,6 +711,7 @@ def s3(monkeypatch):
         server.stop()
 
 
+@pytest.mark.integration
 def test_publish_to_s3_and_never_over_a_published_version(cuhk_release, s3):
     import pyarrow.parquet as pq
     fs, opts = s3

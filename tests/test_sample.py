@@ -383,7 +383,7 @@ def test_other_seed_gives_another_sample(demo: S.SampleInfo, tmp_path: Path) -> 
 # ---------------------------------------------------------------------------------------- bench
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # the bench-size sample
 def test_bench_applies_every_transform_to_every_reference(tmp_path: Path) -> None:
     info = S.write_sample(tmp_path / "bench", size="bench", seed=0)
     truth = json.loads(info.truth.read_text(encoding="utf-8"))

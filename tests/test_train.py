@@ -300,6 +300,7 @@ def two_epochs(toy, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.integration
 def test_run_writes_outputs_with_provenance(two_epochs, toy):
     out, result = two_epochs
     assert result.epochs == 2 and result.finished and result.world_size == 1
@@ -326,6 +327,7 @@ def test_run_writes_outputs_with_provenance(two_epochs, toy):
     assert ckpt["best"]["metric"] == "val_mae"
 
 
+@pytest.mark.integration
 def test_load_checkpoint_reproduces_recorded_metrics(two_epochs, toy, tmp_path):
     out, _ = two_epochs
     model, meta = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -350,6 +352,7 @@ def test_load_checkpoint_reproduces_recorded_metrics(two_epochs, toy, tmp_path):
         load_checkpoint(tmp_path / "bare.pt")
 
 
+@pytest.mark.integration
 def test_refuses_an_existing_run(two_epochs, toy):
     out, _ = two_epochs
     before = (out / "checkpoints" / "last.pt").read_bytes()
@@ -358,6 +361,7 @@ def test_refuses_an_existing_run(two_epochs, toy):
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.integration
 def test_resume_continues_exactly(two_epochs, toy, tmp_path):
     out, _ = two_epochs
     val = toy.with_split("test")
@@ -386,6 +390,7 @@ def test_resume_continues_exactly(two_epochs, toy, tmp_path):
     assert result.history[-1]["train_loss"] == straight.history[-1]["train_loss"]
 
 
+@pytest.mark.integration
 def test_max_steps_without_val(toy, tmp_path):
     result = main(tiny_config(max_steps=3, augment={"rotations": False, "rescales": []}),
                   train=toy, val=None, out_dir=tmp_path / "quick", progress=False)
@@ -395,6 +400,7 @@ def test_max_steps_without_val(toy, tmp_path):
     assert "val_mae" not in ckpt["metrics"]
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_on_cpu(toy, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump({**tiny_config().to_dict(), "epochs": 1}))
