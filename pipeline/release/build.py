@@ -106,6 +106,8 @@ class ReleaseSpec:
 
 @dataclass(frozen=True)
 class ReleaseInfo:
+    """What :func:`build_release` wrote."""
+
     name: str
     version: str
     path: Path

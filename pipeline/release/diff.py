@@ -16,6 +16,8 @@ from blurset.model.release_format import DATA_DIR, MANIFEST
 
 @dataclass(frozen=True)
 class ReleaseDiff:
+    """Images added in ``b``, removed from ``a``, and whose mask or split changed."""
+
     a: str
     b: str
     added: list[str]

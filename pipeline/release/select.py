@@ -50,6 +50,8 @@ class Dropped:
 
 @dataclass
 class Selection:
+    """The images a release holds, what it leaves out, and how they were chosen."""
+
     rows: list[Candidate]  # by image id
     candidates: int  # images with a blur mask in the chosen sources/projects
     dropped: list[Dropped]  # by source and path

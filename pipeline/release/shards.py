@@ -58,6 +58,8 @@ _WRITER_OPTIONS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ShardInfo:
+    """A written shard, as the manifest lists it."""
+
     path: str  # relative to the release folder
     split: str
     rows: int

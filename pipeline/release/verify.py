@@ -28,6 +28,8 @@ class Problem:
 
 @dataclass
 class VerifyReport:
+    """What :func:`verify_release` checked and found wrong."""
+
     path: Path
     files: int = 0
     rows: int = 0

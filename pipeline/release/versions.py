@@ -62,6 +62,8 @@ def existing_versions(out_root: Path, name: str) -> list[str]:
 
 @dataclass(frozen=True)
 class ReleaseSummary:
+    """A complete release found by :func:`list_releases` (from its manifest)."""
+
     name: str
     version: str
     path: Path
