@@ -117,11 +117,11 @@ def select_images(catalog: Catalog, from_sources: Sequence[str] | None = None,
         if image_id in chosen:
             continue
         seen.add(image_id)
-        annotation = isinstance(r, AnnotatedMask)
-        task_path = r.rel_path if annotation else None
+        annotation = r if isinstance(r, AnnotatedMask) else None
+        task_path = annotation.rel_path if annotation else None
         here = found.paths.get((r.source, image_id), [])
         kept = [p for p in here if p.excluded is None]
-        if annotation:
+        if annotation is not None:
             kept.sort(key=lambda p: p.rel_path != task_path)  # the task's own path first
         if not kept:
             where = next((p for p in here if p.rel_path == task_path), here[0] if here else None)
@@ -131,12 +131,12 @@ def select_images(catalog: Catalog, from_sources: Sequence[str] | None = None,
                                                  where.rel_path if where else None, why, reason))
             continue
         p = kept[0]
-        if not annotation and image_id in found.rejected and image_id not in annotated_ids:
+        if annotation is None and image_id in found.rejected and image_id not in annotated_ids:
             dropped.setdefault(image_id, Dropped(image_id, r.source, p.rel_path, "rejected",
                                                  "rejected by an annotator"))
             continue
-        if annotation:
-            blur_type = r.annotation_blur_type or r.blur_type or p.blur_type
+        if annotation is not None:
+            blur_type = annotation.annotation_blur_type or annotation.blur_type or p.blur_type
         else:
             blur_type = p.blur_type
         if blur_type not in BLUR_TYPES:
