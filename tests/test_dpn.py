@@ -103,6 +103,7 @@ def test_deb_and_deb_bl_are_the_same_network():
     assert not DPNConfig(variant="add").boundary_loss
 
 
+@pytest.mark.integration  # a training run (100 steps)
 def test_tiny_model_overfits_synthetic_blur():
     torch.manual_seed(0)
     x, y = blur_pairs(4, 64)

@@ -208,7 +208,7 @@ def test_random_crops_keep_image_and_mask_aligned(toy):
         TrainConfig.from_dict({"augment": {"crop": "big"}})
 
 
-def test_grouped_sampler_and_workers(toy):
+def test_grouped_sampler_orders_and_splits(toy):
     ds = ReleaseDataset(toy, "train", input_size=32, augment=Augment(rescales=()))
     groups = ds.groups
     assert [len(g) for g in groups] == [12, 12, 8]  # row groups of 3, 3, 2 rows × 4 variants
@@ -222,6 +222,12 @@ def test_grouped_sampler_and_workers(toy):
     assert s.order() != first
     group_of = {i: k for k, g in enumerate(groups) for i in g}
     assert sum(group_of[a] != group_of[b] for a, b in itertools.pairwise(first)) == 2
+
+
+@pytest.mark.integration  # starts DataLoader worker processes
+def test_grouped_sampler_feeds_dataloader_workers(toy):
+    ds = ReleaseDataset(toy, "train", input_size=32, augment=Augment(rescales=()))
+    s = GroupedSampler(ds.groups, seed=1)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=s, num_workers=2,
                                          multiprocessing_context="forkserver")
     ids = [i for _, _, batch in loader for i in batch]
