@@ -1,35 +1,14 @@
 """Training data straight from a release's Parquet shards (the format: release_format.py).
 
-``model/`` reads releases by their contract only (``manifest.json`` + ``data/*.parquet``), never
-through ``pipeline/``:
+- :func:`resolve_release`: ``NAME@VERSION[:SPLIT]`` (or a release folder) → :class:`ReleaseRef`
+  with the shards' sha256 and a ``fingerprint`` that checkpoints record.
+- :class:`ReleaseDataset`: one split as ``(image (3, S, S), mask (1, S, S), id)`` float32 samples
+  in [0, 1] (mask 1 = blurred), read row group by row group; :class:`Augment` expands it with the
+  paper's rotated and rescaled copies (``docs/dpn.md``).
+- :class:`GroupedSampler`: shuffles row groups, then the samples within each; splits the order
+  between torch.distributed ranks.
 
-- :func:`resolve_release` turns ``NAME@VERSION[:SPLIT]`` (or a release folder's path) into a
-  :class:`ReleaseRef`: name, version, folder, the shards with their sha256 and a ``fingerprint``
-  that checkpoints record as provenance.
-- :class:`ReleaseDataset` is a map-style dataset over one split. It indexes the shards' row groups
-  from their footers, reads only the row group a sample lives in (image, mask and id columns), and
-  keeps the last few decoded row groups in a small LRU: nothing is unpacked to folders.
-- :class:`GroupedSampler` shuffles row groups, then the samples within each, so consecutive
-  samples share a row group (and the LRU hits). Rows are sorted by id, a sha256, so a row group is
-  already a random draw from its split and this order shuffles about as well as a full shuffle.
-  It also splits the order between torch.distributed ranks, as ``DistributedSampler`` does; the
-  dataset works with ``DistributedSampler`` too.
-
-A sample is ``(image (3, S, S) float32 RGB in [0, 1], mask (1, S, S) float32 in [0, 1]
-(1 = blurred), id)``, S = ``input_size`` (352 in the paper). The image is not mean/std-normalised:
-:class:`blurset.model.dpn.DPN` does that itself (``normalize=True`` gives ImageNet-normalised images for
-other models).
-
-Augmentation (DPN paper, training details: copies rotated by 90°, 180°, 270° and rescaled to
-176×176 and 88×88) is **dataset expansion**: each image appears once as itself and once as each
-copy (:attr:`Augment.variants`: 1 + 3 rotations + 2 rescales = 6 samples per image by default).
-A rescaled copy keeps its batch size uniform by **tiling**: the image is resized to s×s and
-repeated to fill S×S (2×2 copies at 176 of 352, 4×4 at 88), the mask likewise. Resizing it down
-and back up (``rescale_mode: resize``) is offered too, but it blurs the whole image while the mask
-still calls the sharp parts sharp, which teaches the wrong thing; tiling keeps every region's
-sharpness at the scale of the smaller image, which is what the paper's small copies show the
-network. A random horizontal flip (``hflip``) draws from torch's RNG (seeded per epoch and worker
-by the trainer).
+``model/`` reads releases through their contract only, never through ``pipeline/``.
 """
 
 from __future__ import annotations

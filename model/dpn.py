@@ -1,55 +1,10 @@
 """DPN: the blur detector of Zhao et al., "Blur Detection via Deep Pyramid Network with Recurrent
-Distinction Enhanced Modules", Neurocomputing 2020 (the paper that introduced SZU-BD).
+Distinction Enhanced Modules", Neurocomputing 2020: a VGG-16 (or EfficientNet-Lite0) feature
+pyramid, merged top-down by recurrent Distinction Enhanced Blocks (or the ablation's add / concat
+merges), with a boundary-refined prediction at every scale.
 
-Paper parts are cited by their titles ([arch] network architecture, [DEB] distinction enhanced
-block, [loss] loss function, [abl] ablation study); section and figure numbers were not checked
-against the published PDF, so none are given.
-
-Layout [arch]::
-
-    x (B, 3, H, W) RGB in [0, 1]
-      └─ VGG-16 features, split at its pooling layers [arch]
-           F1 (B,  64w, H,    W   )   conv1_2
-           F2 (B, 128w, H/2,  W/2 )   conv2_2
-           F3 (B, 256w, H/4,  W/4 )   conv3_3
-           F4 (B, 512w, H/8,  W/8 )   conv4_3
-           F5 (B, 512w, H/16, W/16)   conv5_3   (pool5 is not used)
-      └─ top-down pyramid, coarsest level first [arch, DEB]: at level i
-           L_i   = ReLU(conv3×3(F_i))                      (B, C, H_i, W_i), C = decoder width
-           h⁰    = up×2(^F_{i+1})   (level 5: h⁰ = L_5, there is no coarser level)
-           hᵗ    = Fuse_i(L_i, hᵗ⁻¹),  t = 1 … recurrent_steps  (same Fuse_i weights every step)
-           ^F_i  = h^T                                      (B, C, H_i, W_i)
-      └─ prediction at every level [loss: multi-scale supervision]
-           logits_i = conv1×1(BR(^F_i))                     (B, 1, H_i, W_i)
-
-``Fuse`` is the one thing the ablation variants change [DEB, abl] (the paper's figure comparing
-merge methods (a), (b), (c)); backbone, recurrence, BR and heads are the same for all four:
-
-- ``"add"``  (FPN style, merge (a)):  ReLU(conv3×3(conv1×1(L_i) + h))
-- ``"concat"`` (U-Net style, merge (b)): ReLU(conv3×3(Cat[L_i, h]))
-- ``"deb"`` / ``"deb+bl"`` (the Distinction Enhanced Block, merge (c)):
-  ``^F_i = Cat(F_i, F_{i+1}) + D(F_i)`` with ``Cat = ReLU(conv1×1(Cat[L_i, h]))`` and the
-  distinction term ``D = ReLU(conv3×3(L_i - AvgPool_k(L_i)))``. ``"deb+bl"`` is the same network
-  trained with the boundary loss (:func:`blurset.model.losses.dpn_loss`, ``boundary_weight > 0``).
-
-``BR`` is the boundary refinement block ``x + conv3×3(ReLU(conv3×3(x)))`` (Peng et al., "Large
-Kernel Matters", CVPR 2017), switchable by :attr:`DPNConfig.boundary_refinement`.
-
-Where the paper's text leaves a detail open this module makes a documented choice; the main ones:
-``D`` is a local-contrast block (the feature minus its k×k local mean, as in the contrast features
-of Luo et al., "Non-local Deep Features for Salient Object Detection", CVPR 2017) applied to the
-projected ``L_i`` rather than the raw ``F_i`` so that every level works at ``C`` channels; the
-feature-only terms (``D(L_i)``, the FPN lateral) are computed once per forward, not once per
-recurrent step, which gives the same result; the recurrence
-feeds each step's output back as the next step's context at the same level; BR sits on the
-prediction branch only, so the context passed down the pyramid is ``^F_i`` itself; the decoder
-width is one ``C`` for every level.
-
-Input normalisation (ImageNet mean/std, what torchvision's VGG-16 weights expect) happens inside
-:class:`DPN`, so callers pass RGB in ``[0, 1]``.
-
-Pure modules: the only I/O is :func:`load_vgg16_state_dict`, which reads a local weights file when
-the caller names one. Nothing is ever downloaded.
+``docs/dpn.md`` maps the paper onto this module and lists the choices its text leaves open. Pure
+modules: the only I/O is reading a local backbone weights file when the caller names one.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""Training loss of the DPN (Zhao et al., Neurocomputing 2020, section
-"Loss function"; the section number was not checked against the published PDF).
+"""Training loss of the DPN: BCE on every output scale plus an optional boundary penalty.
 
-``total = Σ_k w_k · BCE(logits_k, down_k(target)) + λ · L1(|∇σ(logits_0)|, |∇target|)``
-
-- **Multi-scale supervision**: every output map of :class:`blurset.model.dpn.DPN` (finest first) is
-  compared by binary cross-entropy with the ground truth reduced to that map's size by area
-  averaging (so a coarse target pixel holds the blurred fraction of the pixels it covers).
-- **Boundary penalty** (the ``"deb+bl"`` variant, ``λ = boundary_weight > 0``): mean absolute
-  difference between the Sobel gradient magnitudes of the predicted probability map and of the
-  ground truth, at full resolution. It is zero where the prediction's edges sit where the mask's
-  edges are, and it pushes the predicted transitions to be as sharp as the annotated ones.
-
-The paper fixes neither the gradient operator nor the distance; Sobel with replicated borders
-(no spurious edge at the image border) and L1 are this module's choices.
+``total = Σ_k w_k · BCE(logits_k, down_k(target)) + λ · L1(|∇σ(logits_0)|, |∇target|)``; the
+paper's loss, and the choices it leaves open (Sobel, L1), are in ``docs/dpn.md``.
 """
 
 from __future__ import annotations
