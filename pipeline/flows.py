@@ -1,12 +1,15 @@
-"""Prefect flows: thin wrappers that fan the stages out in batches and keep retries on I/O.
+"""Prefect flows: typed parameters → a few stage calls → an artifact; each returns a dataclass.
 
-One Prefect task per batch of images, never per image. Catalog writes happen in the flow, one
-transaction per batch, so a run killed halfway keeps every finished batch and a re-run continues.
+One Prefect task per batch of images, never per image; retries only around I/O. Catalog writes
+happen in the flow, one transaction per batch, so a run killed halfway keeps every finished batch
+and a re-run continues. The stages they call know nothing of Prefect.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -14,8 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from blurset.names import slug as _slug
-from blurset.pipeline.stages.dedup import run as findings_stage
+from blurset.errors import BlursetError, ServiceError
+from blurset.names import slug
+from blurset.pipeline.catalog import Catalog
+from blurset.pipeline.release import ReleaseInfo, ReleaseSpec, build_release
+from blurset.pipeline.stages.dedup import run as dedup_stage
 from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
     BatchResult,
@@ -23,80 +29,120 @@ from blurset.pipeline.stages.ingest import (
     item_signature,
     quarantine_orphans,
 )
-from blurset.pipeline.stages.sources import scan_source
+from blurset.pipeline.stages.prelabel import Prelabeller, make_prelabeller
+from blurset.pipeline.stages.sources import SourceItem, scan_source
 from blurset.pipeline.workspace import Workspace
 
+if TYPE_CHECKING:  # Label Studio's SDK takes seconds to import: only the annotate flows need it
+    from blurset.annotation.client import Client
+    from blurset.pipeline.stages.labelling import PrelabelReport, PullReport, PushReport
 
-@task(name="ingest-batch", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def ingest_batch_task(root: str, items: list, objects_root: str, quarantine_root: str,
-                      max_pixels: int) -> BatchResult:
-    return ingest_batch(Path(root), items, Path(objects_root), Path(quarantine_root), max_pixels)
+__all__ = ["DedupSummary", "IngestSummary", "dedup_flow", "ingest_flow", "prelabel_flow",
+           "pull_flow", "push_flow", "release_flow"]
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    source: str
+    kind: str
+    found: int  # images in the folder
+    new_or_changed: int  # of those, not ingested before with the same bytes
+    ingested: int  # paths stored now
+    quarantined_now: int
+    quarantined_total: int  # of this source
+    catalog_images: int  # all sources
+    catalog_paths: int
+
+    @property
+    def unchanged(self) -> int:
+        return self.found - self.new_or_changed
+
+
+@dataclass(frozen=True)
+class DedupSummary:
+    reference: str
+    reference_images: int
+    candidate_images: int
+    duplicates: int  # pairs judged duplicate
+    rejected_lookalikes: int  # pairs the verification turned down
+    excluded_paths: int
+    excluded_as_reference_duplicates: int
+    by_method: dict[str, int]  # duplicate pairs per method
+
+    @classmethod
+    def of(cls, summary: dict) -> DedupSummary:
+        return cls(**{f.name: summary[f.name] for f in fields(cls)})
 
 
 def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _write(catalog, source: str, res: BatchResult) -> None:
-    catalog.record_batch(source, res.images, res.paths, res.masks, res.quarantined)
+@task(name="ingest-batch", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def ingest_batch_task(root: Path, items: list[SourceItem], objects_root: Path,
+                      quarantine_root: Path, max_pixels: int) -> BatchResult:
+    return ingest_batch(root, items, objects_root, quarantine_root, max_pixels)
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def ingest_flow(workspace: str, kind: str, name: str, path: str, batch_size: int = 64,
-                max_pixels: int = DEFAULT_MAX_PIXELS, show_progress: bool = True) -> dict:
+def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size: int = 64,
+                max_pixels: int = DEFAULT_MAX_PIXELS, catalog_url: str | None = None,
+                show_progress: bool = True) -> IngestSummary:
     """Ingest the folder at ``path`` (layout ``kind``) as source ``name``."""
     logger = get_run_logger()
-    ws = Workspace.open(workspace)
-    catalog = ws.catalog()
+    ws = Workspace.open(workspace, catalog_url)
     root = Path(path).resolve()
-    scan = scan_source(kind, root)  # LayoutError: clear message, nothing written yet
-    catalog.register_source(name, kind, str(root))
-
-    known = catalog.known_signatures(name)
-    todo = [it for it in scan.items if known.get(it.rel_path) != item_signature(root, it)]
-    orphans = [o for o in scan.orphan_masks if o.rel_path not in known]
-    logger.info("%s: %d images found, %d new or changed, %d already ingested",
-                name, len(scan.items), len(todo), len(scan.items) - len(todo))
-
-    if orphans:
-        _write(catalog, name, quarantine_orphans(root, orphans, ws.quarantine_store.root))
-    batches = _batches(todo, batch_size)
-    futures = [ingest_batch_task.submit(str(root), batch, str(ws.objects.root),
-                                        str(ws.quarantine_store.root), max_pixels)
-               for batch in batches]
-    new_images = new_bad = 0
-    failed: list[BaseException] = []
-    with tqdm(total=len(todo), desc=f"ingest {name}", unit="img", disable=not show_progress) as bar:
-        for batch, fut in zip(batches, futures, strict=True):
-            try:
-                res = fut.result()
-            except Exception as e:  # noqa: BLE001 - re-raised below, after the other batches
-                failed.append(e)
-                continue
-            _write(catalog, name, res)  # one transaction per batch: every finished batch is kept
-            new_images += len(res.paths)
-            new_bad += len(res.quarantined)
-            bar.update(len(batch))
-    if failed:
+    scan = scan_source(kind, root)  # LayoutError before anything is written
+    catalog = ws.catalog()
+    try:
+        catalog.register_source(name, kind, str(root))  # SourceConflictError: nothing written
+        known = catalog.known_signatures(name)
+        todo = [it for it in scan.items if known.get(it.rel_path) != item_signature(root, it)]
+        orphans = [o for o in scan.orphan_masks if o.rel_path not in known]
+        logger.info("%s: %d images found, %d new or changed, %d already ingested",
+                    name, len(scan.items), len(todo), len(scan.items) - len(todo))
+        if orphans:
+            res = quarantine_orphans(root, orphans, ws.quarantine_store.root)
+            catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
+        batches = _batches(todo, batch_size)
+        futures = [ingest_batch_task.submit(root, batch, ws.objects.root,
+                                            ws.quarantine_store.root, max_pixels)
+                   for batch in batches]
+        new_paths = new_bad = 0
+        failed: list[BaseException] = []
+        with tqdm(total=len(todo), desc=f"ingest {name}", unit="img",
+                  disable=not show_progress) as bar:
+            for batch, fut in zip(batches, futures, strict=True):
+                try:
+                    res = fut.result()
+                except Exception as e:  # noqa: BLE001 - re-raised below, after the other batches
+                    failed.append(e)
+                    continue
+                # one transaction per batch: every finished batch is kept
+                catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
+                new_paths += len(res.paths)
+                new_bad += len(res.quarantined)
+                bar.update(len(batch))
+        if failed:
+            logger.error("%s: %d of %d batches failed; the other batches are stored, a re-run "
+                         "does the rest", name, len(failed), len(batches))
+            raise failed[0]
+        counts = catalog.counts()
+        summary = IngestSummary(
+            source=name, kind=kind, found=len(scan.items), new_or_changed=len(todo),
+            ingested=new_paths, quarantined_now=new_bad + len(orphans),
+            quarantined_total=len(catalog.quarantined(name)),
+            catalog_images=counts["images"], catalog_paths=counts["paths"])
+    finally:
         catalog.close()
-        logger.error("%s: %d of %d batches failed; the other batches are stored, a re-run "
-                     "does the rest", name, len(failed), len(batches))
-        raise failed[0]
-    counts = catalog.counts()
-    summary = {"source": name, "kind": kind, "found": len(scan.items), "new_or_changed": len(todo),
-               "ingested": new_images, "quarantined_now": new_bad + len(orphans),
-               "quarantined_total": len(catalog.quarantined(name)),
-               "catalog_images": counts["images"], "catalog_paths": counts["paths"]}
-    create_table_artifact(key=f"ingest-{_slug(name)}", table=[summary],
+    create_table_artifact(key=f"ingest-{slug(name)}", table=[asdict(summary)],
                           description=f"blurset ingest of {name} ({kind}) from {root}")
-    catalog.close()
     return summary
 
 
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
-               show_progress: bool) -> findings_stage.DedupOutcome:
-    from blurset.pipeline.catalog import Catalog
+               show_progress: bool) -> dedup_stage.DedupOutcome:
     catalog = Catalog(catalog_url)
     bar = tqdm(desc="dedup (search, then verify pairs)", unit="step", disable=not show_progress)
 
@@ -106,39 +152,46 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
         bar.update(done - bar.n)
 
     try:
-        return findings_stage.run_dedup(catalog, reference, threshold, progress)
+        return dedup_stage.run_dedup(catalog, reference, threshold, progress)
     finally:
         bar.close()
         catalog.close()
 
 
 @flow(name="dedup")
-def dedup_flow(workspace: str, reference: str, threshold: int | None = None,
-               show_progress: bool = True) -> dict:
+def dedup_flow(workspace: Path, reference: str, *, threshold: int | None = None,
+               catalog_url: str | None = None, show_progress: bool = True) -> DedupSummary:
     """Check every candidate against the reference source and the other candidates."""
-    ws = Workspace.open(workspace)
-    catalog = ws.catalog()
+    ws = Workspace.open(workspace, catalog_url)
     outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress)
-    catalog.replace_findings(reference, threshold, {"threshold": threshold}, outcome.summary,
-                             outcome.findings, outcome.exclusions)
-    rows = [{"method": m, "duplicates": n} for m, n in outcome.summary["by_method"].items()]
-    rows.append({"method": "rejected by verification", "duplicates": outcome.summary["rejected_lookalikes"]})
+    catalog = ws.catalog()
+    try:
+        catalog.replace_findings(reference, threshold, {"threshold": threshold}, outcome.summary,
+                                 outcome.findings, outcome.exclusions)
+        in_quarantine = len(catalog.quarantined())
+    finally:
+        catalog.close()
+    summary = DedupSummary.of(outcome.summary)
+    rows = [{"method": m, "duplicates": n} for m, n in summary.by_method.items()]
+    rows.append({"method": "rejected by verification", "duplicates": summary.rejected_lookalikes})
     create_table_artifact(key="dedup-summary", table=rows,
                           description=f"blurset dedup against {reference}: "
-                                      f"{outcome.summary['excluded_paths']} paths excluded, "
-                                      f"{len(catalog.quarantined())} files in quarantine")
-    catalog.close()
-    return outcome.summary
+                                      f"{summary.excluded_paths} paths excluded, "
+                                      f"{in_quarantine} files in quarantine")
+    return summary
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry a Label Studio task only when the server may come back (not on a refused token)."""
+    """Retry a Label Studio task only when the service may come back: not on a refused token,
+    not on bad input (retrying it cannot help)."""
     from blurset.annotation.client import AuthError
-    from blurset.pipeline.stages.labelling import LabellingError
-    from blurset.pipeline.stages.prelabel import PrelabelError
     try:
         state.result()
-    except (AuthError, LabellingError, PrelabelError):
+    except AuthError:
+        return False
+    except ServiceError:
+        return True
+    except BlursetError:
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True
@@ -147,100 +200,97 @@ def _transient(task, task_run, state) -> bool:
 
 @task(name="annotate-push", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
       retry_condition_fn=_transient)
-def push_task(workspace: str, project: str, sources: list[str] | None, limit: int | None,
-              batch_size: int, show_progress: bool, prelabel: str | None, rank: bool = False,
-              min_blur: float = 0.02, max_blur: float = 0.98) -> dict:
-    from dataclasses import asdict
-
+def push_task(ws: Workspace, project: str, sources: list[str] | None, limit: int | None,
+              batch_size: int, prelabel: str | None, rank: bool, min_blur: float,
+              max_blur: float, show_progress: bool) -> PushReport:
     from blurset.annotation.client import connect
     from blurset.pipeline.stages.labelling import push
-    ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
     try:
         with tqdm(desc=f"push {project}", unit="task", disable=not show_progress) as bar:
-            return asdict(push(catalog, client, ws, project, sources, limit, batch_size, bar.update,
-                               prelabel, rank, min_blur, max_blur))
+            return push(catalog, client, ws, project, sources, limit, batch_size, bar.update,
+                        prelabel=prelabel, rank=rank, min_blur=min_blur, max_blur=max_blur)
     finally:
         client.close()
         catalog.close()
 
 
 @flow(name="annotate-push")
-def push_flow(workspace: str, project: str, sources: list[str] | None = None,
-              limit: int | None = None, batch_size: int = 100, show_progress: bool = True,
-              prelabel: str | None = None, rank: bool = False, min_blur: float = 0.02,
-              max_blur: float = 0.98) -> dict:
-    """Import a task (with a pre-label where a mask is known) for every image not yet pushed.
+def push_flow(workspace: Path, project: str, *, sources: list[str] | None = None,
+              limit: int | None = None, batch_size: int = 100, prelabel: str | None = None,
+              rank: bool = False, min_blur: float = 0.02, max_blur: float = 0.98,
+              catalog_url: str | None = None, show_progress: bool = True
+              ) -> PushReport:
+    """Import a task (with a pre-label where a mask is known, or from ``prelabel``) for every
+    image not yet pushed; ``rank``: most informative first, hopeless ones left out.
 
     The retries are safe: a push reconciles with the project's tasks before importing.
-    ``rank``: most informative candidates first, hopeless ones left out (labelling.push).
     """
-    report = push_task(workspace, project, sources, limit, batch_size, show_progress, prelabel,
-                       rank, min_blur, max_blur)
-    create_table_artifact(key=f"push-{_slug(project)}", table=[
-        {k: v for k, v in report.items() if not isinstance(v, list)}],
-        description=f"blurset annotate push to {report['url']}")
+    ws = Workspace.open(workspace, catalog_url)
+    report = push_task(ws, project, sources, limit, batch_size, prelabel, rank, min_blur,
+                       max_blur, show_progress)
+    create_table_artifact(key=f"push-{slug(project)}", table=[
+        {k: v for k, v in asdict(report).items() if not isinstance(v, list)}],
+        description=f"blurset annotate push to {report.url}")
     return report
 
 
 @task(name="annotate-pull", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
       retry_condition_fn=_transient)
-def pull_task(workspace: str, project: str, export_dir: str | None) -> dict:
-    from dataclasses import asdict
-
+def pull_task(ws: Workspace, project: str, export_dir: Path | None) -> PullReport:
     from blurset.annotation.client import connect
     from blurset.pipeline.stages.labelling import pull
-    ws = Workspace.open(workspace)
     catalog, client = ws.catalog(), connect()
     try:
-        return asdict(pull(catalog, client, ws, project, Path(export_dir) if export_dir else None))
+        return pull(catalog, client, ws, project, export_dir)
     finally:
         client.close()
         catalog.close()
 
 
 @flow(name="annotate-pull")
-def pull_flow(workspace: str, project: str, export_dir: str | None = None) -> dict:
-    """Export every annotation, keep the snapshot, store the masks and link them in the catalog."""
-    report = pull_task(workspace, project, export_dir)
-    create_table_artifact(key=f"pull-{_slug(project)}", table=[
-        {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}],
+def pull_flow(workspace: Path, project: str, *, export_dir: Path | None = None,
+              catalog_url: str | None = None) -> PullReport:
+    """Export every annotation, keep the snapshot, store the masks and link them in the catalog;
+    with ``export_dir``, also write every current mask there."""
+    ws = Workspace.open(workspace, catalog_url)
+    report = pull_task(ws, project, Path(export_dir) if export_dir else None)
+    create_table_artifact(key=f"pull-{slug(project)}", table=[
+        {k: (len(v) if isinstance(v, list) else v) for k, v in asdict(report).items()}],
         description=f"blurset annotate pull of {project}")
     return report
 
 
 @task(name="annotate-prelabel-batch", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
       retry_condition_fn=_transient)
-def prelabel_batch_task(client, workspace: str, labeller, project_id: int, batch: list[dict]
-                        ) -> int:
+def prelabel_batch_task(client: Client, ws: Workspace, labeller: Prelabeller, project_id: int,
+                        batch: list[dict]) -> int:
     """Predict one batch and add its predictions (one request). A retry after a lost answer
     may add a batch twice; a later run skips tasks that already hold this model_version."""
     from blurset.pipeline.stages.labelling import prelabel_batch
-    return prelabel_batch(client, Workspace.open(workspace), labeller, project_id, batch)
+    return prelabel_batch(client, ws, labeller, project_id, batch)
 
 
 @flow(name="annotate-prelabel")
-def prelabel_flow(workspace: str, project: str, checkpoint: str, batch_size: int = 32,
-                  show_progress: bool = True) -> dict:
+def prelabel_flow(workspace: Path, project: str, checkpoint: str, *, batch_size: int = 32,
+                  catalog_url: str | None = None, show_progress: bool = True
+                  ) -> PrelabelReport:
     """Add a prediction of a (newer) model to every task nobody has annotated yet.
 
     The model is loaded once, here; each batch is one Prefect task, retried on I/O only.
     """
-    from dataclasses import asdict
-
     from blurset.annotation.client import connect
     from blurset.pipeline.stages.labelling import plan_prelabels
-    from blurset.pipeline.stages.prelabel import make_prelabeller
     labeller = make_prelabeller(checkpoint)  # a bad checkpoint stops here, nothing asked yet
-    ws = Workspace.open(workspace)
+    ws = Workspace.open(workspace, catalog_url)
     catalog, client = ws.catalog(), connect()
     try:
         report, todo = plan_prelabels(catalog, client, project, labeller.model_version)
         with tqdm(total=len(todo), desc=f"prelabel {project}", unit="task",
                   disable=not show_progress) as bar:
             for batch in _batches(todo, batch_size):
-                report.added += prelabel_batch_task(client, workspace, labeller,
-                                                    report.project_id, batch)
+                report.added += prelabel_batch_task(client, ws, labeller, report.project_id,
+                                                    batch)
                 catalog.set_missing_prelabels(client.conn.url, report.project_id,
                                               [t["task_id"] for t in batch],
                                               labeller.model_version)  # one write per batch
@@ -248,50 +298,35 @@ def prelabel_flow(workspace: str, project: str, checkpoint: str, batch_size: int
     finally:
         client.close()
         catalog.close()
-    out = asdict(report)
-    create_table_artifact(key=f"prelabel-{_slug(project)}", table=[out],
+    create_table_artifact(key=f"prelabel-{slug(project)}", table=[asdict(report)],
                           description=f"blurset annotate prelabel of {project} with "
                                       f"{report.model_version}")
-    return out
+    return report
 
 
 @task(name="release-build", cache_policy=NO_CACHE)
-def release_task(workspace: str, name: str, version: str, from_sources: list[str] | None,
-                 projects: list[str] | None, split: str, split_file, shard_bytes: int,
-                 license: str, out_root: str | None, show_progress: bool) -> dict:
-    from dataclasses import asdict
-
-    from blurset.pipeline.release import ReleaseSpec, build_release
-    ws = Workspace.open(workspace)
+def release_task(ws: Workspace, spec: ReleaseSpec, show_progress: bool) -> ReleaseInfo:
     catalog = ws.catalog()
     try:
-        with tqdm(desc=f"release {name} {version}", unit="img", disable=not show_progress) as bar:
-            spec = ReleaseSpec(name, version, from_sources=from_sources, projects=projects,
-                               split=split, split_file=split_file, shard_bytes=shard_bytes,
-                               license=license, out_root=out_root)
-            info = build_release(ws, catalog, spec, progress=bar.update)
+        with tqdm(desc=f"release {spec.name} {spec.version}", unit="img",
+                  disable=not show_progress) as bar:
+            return build_release(ws, catalog, spec, progress=bar.update)
     finally:
         catalog.close()
-    out = asdict(info)
-    out["path"] = str(info.path)
-    return out
 
 
 @flow(name="release-build")
-def release_flow(workspace: str, name: str, version: str, from_sources: list[str] | None = None,
-                 projects: list[str] | None = None, split: str = "train=0.8,test=0.2",
-                 split_file=None, shard_bytes: int = 256 * 2**20, license: str = "other",
-                 out_root: str | None = None, show_progress: bool = True) -> dict:
+def release_flow(workspace: Path, spec: ReleaseSpec, *, catalog_url: str | None = None,
+                 show_progress: bool = True) -> ReleaseInfo:
     """Build ``releases/NAME/VERSION`` (written aside, renamed into place when complete).
 
     No retries: a failed build leaves nothing behind, and the user re-runs it after a fix.
     """
-    info = release_task(workspace, name, version, from_sources, projects, split, split_file,
-                        shard_bytes, license, out_root, show_progress)
-    create_table_artifact(key=f"release-{_slug(name)}", table=[
-        {"name": info["name"], "version": info["version"], "rows": info["rows"],
-         "parent": info["parent"], "path": info["path"],
-         **{f"split_{k}": v for k, v in info["splits"].items()},
-         **{f"dropped_{k}": v for k, v in info["dropped"].items()}}],
-        description=f"blurset release {name} {version}")
+    ws = Workspace.open(workspace, catalog_url)
+    info = release_task(ws, spec, show_progress)
+    create_table_artifact(key=f"release-{slug(spec.name)}", table=[
+        {"name": info.name, "version": info.version, "rows": info.rows, "parent": info.parent,
+         "path": str(info.path), **{f"split_{k}": v for k, v in info.splits.items()},
+         **{f"dropped_{k}": v for k, v in info.dropped.items()}}],
+        description=f"blurset release {spec.name} {spec.version}")
     return info

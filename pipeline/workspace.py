@@ -6,10 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from blurset.errors import InputError
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.store import ObjectStore
 
 DEFAULT_WORKSPACE = "workspace"
+
+
+class WorkspaceError(InputError):
+    """The workspace path cannot be used as one."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,8 @@ class Workspace:
         """Resolve the workspace: argument, else ``BLURSET_WORKSPACE``, else ``./workspace``."""
         root = Path(root or os.environ.get("BLURSET_WORKSPACE") or DEFAULT_WORKSPACE).resolve()
         if root.exists() and not root.is_dir():
-            raise NotADirectoryError(f"workspace {root} exists and is not a folder")
+            raise WorkspaceError(f"workspace {root} exists and is not a folder; give another "
+                                 "--workspace (or $BLURSET_WORKSPACE)")
         root.mkdir(parents=True, exist_ok=True)
         url = catalog_url or os.environ.get("BLURSET_CATALOG_URL") or f"sqlite:///{root / 'catalog.sqlite'}"
         return cls(root=root, catalog_url=url)

@@ -83,15 +83,15 @@ def test_rerun_is_idempotent_and_a_killed_run_resumes(prefect_harness, sample, t
     monkeypatch.setattr(flows, "ingest_batch", real)
     first = flows.ingest_flow(str(ws), "msra10k", "msra10k", str(sample / "msra10k"), batch_size=8,
                               show_progress=False)
-    assert first["new_or_changed"] < first["found"]  # the finished batch was kept
+    assert first.new_or_changed < first.found  # the finished batch was kept
     again = flows.ingest_flow(str(ws), "msra10k", "msra10k", str(sample / "msra10k"), batch_size=8,
                               show_progress=False)
-    assert again["new_or_changed"] == 0 and again["catalog_paths"] == first["catalog_paths"]
+    assert again.new_or_changed == 0 and again.catalog_paths == first.catalog_paths
 
     clean = flows.ingest_flow(str(tmp_path / "clean"), "msra10k", "msra10k", str(sample / "msra10k"),
                               batch_size=8, show_progress=False)
-    assert clean["catalog_paths"] == first["catalog_paths"]
-    assert clean["quarantined_total"] == again["quarantined_total"]
+    assert clean.catalog_paths == first.catalog_paths
+    assert clean.quarantined_total == again.quarantined_total
 
 
 def test_artifacts_are_written(prefect_harness, sample, tmp_path):

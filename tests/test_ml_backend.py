@@ -26,8 +26,8 @@ from blurset.annotation.ml_backend import (
     make_server,
 )
 from blurset.annotation.process import health
+from blurset.pipeline.cli.labelstudio import backend_title
 from blurset.pipeline.cli.main import cli
-from blurset.pipeline.cli.ml import backend_title
 from blurset.pipeline.stages.prelabel import make_prelabeller, prediction_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,17 +1,27 @@
-"""What every `blurset` verb shares: the workspace context and Prefect's settings.
+"""What every verb shares: the workspace context, Prefect's settings, and how errors are shown.
 
-A module of its own so that the verbs in other modules (cli_model, cli_ml) can import it without
-importing ``blurset.pipeline.cli.main`` (which imports them).
+The verb modules import this module, never ``main`` (which imports them).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import click
 
+from blurset.errors import BlursetError
 from blurset.pipeline.workspace import Workspace
+
+
+class Refused(BlursetError):
+    """A stage refused the request with a builtin exception (e.g. ``FileExistsError`` for a
+    release that exists); shown like any :class:`BlursetError`. See :func:`reported`."""
 
 
 def prefect_env(ws_root: Path, verbose: bool = False) -> None:
@@ -26,26 +36,89 @@ def prefect_env(ws_root: Path, verbose: bool = False) -> None:
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
 
 
+@dataclass
 class Ctx:
-    def __init__(self, workspace: str | None, catalog_url: str | None, verbose: bool):
-        self._workspace_arg = workspace
-        self._catalog_url = catalog_url
-        self.verbose = verbose
-        self._ws: Workspace | None = None
+    """The root group's options; the workspace is opened (and created) on first use."""
+
+    workspace: str | None = None
+    catalog_url: str | None = None
+    verbose: bool = False
+    _ws: Workspace | None = field(default=None, repr=False)
 
     @property
     def ws(self) -> Workspace:
         if self._ws is None:
-            self._ws = Workspace.open(self._workspace_arg, self._catalog_url)
-            if self._catalog_url:
-                os.environ["BLURSET_CATALOG_URL"] = self._catalog_url
+            self._ws = Workspace.open(self.workspace, self.catalog_url)
             prefect_env(self._ws.root, self.verbose)
         return self._ws
+
+    @property
+    def flows(self) -> ModuleType:
+        """``blurset.pipeline.flows``, imported on first use (Prefect takes seconds to import),
+        after Prefect's settings are in place."""
+        _ = self.ws  # sets Prefect's environment before the import
+        from blurset.pipeline import flows
+        _EXPECTED_FILTER.install(quiet=not self.verbose)
+        return flows
+
+    def releases_root(self, root: str | os.PathLike | None) -> Path:
+        """``--releases-root``/``--out``/``--root`` if given, else WORKSPACE/releases."""
+        return Path(root) if root else self.ws.root / "releases"
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-def releases_root(c: Ctx, root: str | None) -> Path:
-    """``--releases-root``/``--out``/``--root`` if given, else WORKSPACE/releases."""
-    return Path(root) if root else c.ws.root / "releases"
+@contextmanager
+def reported(*types: type[Exception]) -> Iterator[None]:
+    """Show these builtin exceptions, which a stage still raises for a refused request, as one
+    ``Error:`` line like a :class:`BlursetError` (``-v`` shows the traceback)."""
+    _EXPECTED_FILTER.extra = types
+    try:
+        yield
+    except types as e:
+        raise Refused(str(e)) from e
+    finally:
+        _EXPECTED_FILTER.extra = ()
+
+
+def _subclass_names(types: tuple[type[BaseException], ...]) -> set[str]:
+    names: set[str] = set()
+    todo = list(types)
+    while todo:
+        t = todo.pop()
+        names.add(t.__name__)
+        todo.extend(t.__subclasses__())
+    return names
+
+
+class _ExpectedErrorFilter(logging.Filter):
+    """Drops Prefect's console records about an error the CLI reports itself in one line: the
+    flow's and task's tracebacks of a :class:`BlursetError` (or a type passed to
+    :func:`reported`) and the task's closing "Finished in state Failed(…)" line about it.
+    Everything else, and everything with ``-v``, reaches the console as before."""
+
+    def __init__(self) -> None:
+        super().__init__("blurset-expected-errors")
+        self.quiet = True
+        self.extra: tuple[type[Exception], ...] = ()
+
+    def install(self, quiet: bool) -> None:
+        self.quiet = quiet
+        for handler in logging.getLogger().handlers:  # Prefect's console handler sits on root
+            if self not in handler.filters:
+                handler.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.quiet or not record.name.startswith("prefect."):
+            return True
+        expected = (BlursetError, *self.extra)
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return not isinstance(exc, expected)
+        message = record.getMessage()
+        return not (message.startswith("Finished in state Failed") and any(
+            f"exception {name}:" in message for name in _subclass_names(expected)))
+
+
+_EXPECTED_FILTER = _ExpectedErrorFilter()

@@ -1,7 +1,5 @@
-"""The model verbs of `blurset`: train, evaluate, crosscheck, predict, blur-degree, dof-magnify.
-
-torch is imported inside the commands, so the other verbs start without it.
-"""
+"""Model verbs: ``train``, ``evaluate``, ``crosscheck``, ``predict``, ``blur-degree``,
+``dof-magnify``. torch is imported inside the commands, so the other verbs start without it."""
 
 from __future__ import annotations
 
@@ -12,17 +10,11 @@ from pathlib import Path
 
 import click
 
-from blurset.pipeline.cli.context import Ctx, pass_ctx
-from blurset.pipeline.cli.context import releases_root as _releases_dir
+from blurset.pipeline.cli.context import Ctx, pass_ctx, reported
 
-
-def _model_errors() -> tuple[type[BaseException], ...]:
-    from blurset.model.apply import ImageReadError
-    from blurset.model.config import ConfigError
-    from blurset.model.data import ReleaseNotFoundError, ReleaseSpecError
-    from blurset.model.train import CheckpointError
-    return (ConfigError, CheckpointError, ReleaseNotFoundError, ReleaseSpecError, ImageReadError,
-            FileExistsError, FileNotFoundError, ValueError)
+# Builtin exceptions that model/ still raises for a refused request (an output folder that holds
+# a run, a missing file, a bad value); its own errors are BlursetErrors.
+_REFUSED = (FileExistsError, FileNotFoundError, ValueError)
 
 
 def _load(checkpoint: str):
@@ -75,11 +67,9 @@ def _print_result(r) -> None:
 def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resume: bool,
           sets: tuple[str, ...], backbone_weights: str | None, releases_root: str | None) -> None:
     """Train the DPN on a release (one process; several GPUs: torchrun -m blurset.model.train)."""
-    try:
+    with reported(*_REFUSED):
         r = _train(config_path, train, val, Path(out), resume, sets, backbone_weights,
-                   _releases_dir(c, releases_root))
-    except _model_errors() as e:
-        raise click.ClickException(str(e)) from None
+                   c.releases_root(releases_root))
     _print_result(r)
 
 
@@ -113,7 +103,7 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
     from blurset.model.evaluate import format_table
     if bool(checkpoint) == bool(pred_dir):
         raise click.UsageError("give either --checkpoint with --release, or --pred-dir with --gt-dir")
-    try:
+    with reported(*_REFUSED):
         if checkpoint:
             if not release_spec:
                 raise click.UsageError("--checkpoint needs --release NAME@VERSION")
@@ -128,8 +118,6 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
                               name=label)
             results = {label: r}
         paths = _write(results, out, force) if out else {}
-    except _model_errors() as e:
-        raise click.ClickException(str(e)) from None
     click.echo(format_table(results))
     if json_path:
         _write_json(results, paths, Path(json_path))
@@ -147,7 +135,7 @@ def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, bas
     from blurset.model.data import resolve_release
     from blurset.model.evaluate import BASELINES
     model, _meta, size = _load(checkpoint)
-    ref = resolve_release(spec, _releases_dir(c, releases_root))
+    ref = resolve_release(spec, c.releases_root(releases_root))
     split = split or (ref.split if whole else default_split(ref))
     rows = sum(n for s, n in ref.splits().items() if split in (None, s))
     with tqdm(total=rows, desc=f"score {ref.name}@{ref.version}:{split or 'all'}",
@@ -199,21 +187,19 @@ def crosscheck(c: Ctx, train_spec: str | None, checkpoint: str | None, test_spec
     if bool(train_spec) == bool(checkpoint):
         raise click.UsageError("give --train NAME@VERSION (with --config) or --checkpoint C")
     out_dir = Path(out)
-    try:
+    with reported(*_REFUSED):
         if train_spec:
             if not config_path:
                 raise click.UsageError("--train needs --config")
             run = out_dir / "train"
             resume = (run / "checkpoints" / "last.pt").exists()
             r = _train(config_path, train_spec, None, run, resume, sets, None,
-                       _releases_dir(c, releases_root))
+                       c.releases_root(releases_root))
             _print_result(r)
             checkpoint = str(r.best_checkpoint)
         results = _score_checkpoint(c, checkpoint, test_spec, None, True, "DPN", releases_root,
                                     whole=True)
         paths = _write(results, str(out_dir / "report"), force=True)
-    except _model_errors() as e:
-        raise click.ClickException(str(e)) from None
     click.echo(format_table(results))
     click.echo(f"report: {paths['table'].parent.resolve()} (table.txt, metrics.json, "
                "pr_curve.png, f_curve.png)")
@@ -229,22 +215,20 @@ def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
     from tqdm import tqdm
 
     from blurset.model.apply import map_to_png, output_name, predict_maps, read_rgb
-    try:
+    with reported(*_REFUSED):
         model, _, size = _load(checkpoint)
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         for path in tqdm(images, desc="predict", unit="img", disable=len(images) < 2):
             blur_map = predict_maps(model, [read_rgb(path)], input_size=size)[0]
             map_to_png(blur_map).save(output_name(path, out_dir))
-    except _model_errors() as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"{len(images)} blur maps in {out_dir.resolve()}")
 
 
 @click.command(name="blur-degree")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--threshold", default=0.6, show_default=True,
+@click.option("--threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
               help="S above this flags the frame as camera shake (blurred all over).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="Write the CSV here instead of to stdout.")
@@ -252,12 +236,10 @@ def blur_degree_cmd(images: tuple[str, ...], checkpoint: str, threshold: float,
                     csv_path: str | None) -> None:
     """Blur degree S (mean of the blur map) of each image, and a camera-shake flag (CSV)."""
     from blurset.model.apply import blur_degree, predict_maps, read_rgb
-    try:
+    with reported(*_REFUSED):
         model, _, size = _load(checkpoint)
         rows = [blur_degree(p, predict_maps(model, [read_rgb(p)], input_size=size)[0], threshold)
                 for p in images]
-    except _model_errors() as e:
-        raise click.ClickException(str(e)) from None
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "blur_degree", "blurred_fraction", "camera_shake"])
@@ -275,23 +257,22 @@ def blur_degree_cmd(images: tuple[str, ...], checkpoint: str, threshold: float,
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output image file.")
 @click.option("--strength", default=8.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Extra Gaussian blur (sigma in px at 512 px of the longer side).")
-@click.option("--feather", default=0.02, show_default=True,
+@click.option("--feather", default=0.02, show_default=True, type=click.FloatRange(min=0),
               help="Soft edge (sigma as a share of the longer side).")
 def dof_magnify_cmd(image: str, checkpoint: str, out: str, strength: float, feather: float) -> None:
     """Depth-of-field magnification: keep the in-focus region, blur the background more."""
     from PIL import Image
 
     from blurset.model.apply import dof_magnify, predict_maps, read_rgb
-    try:
+    with reported(*_REFUSED):
         model, _, size = _load(checkpoint)
         rgb = read_rgb(image)
         result = dof_magnify(rgb, predict_maps(model, [rgb], input_size=size)[0],
                              strength=strength, feather=feather)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(result).save(out)
-    except _model_errors() as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"wrote {out}")
 
 

@@ -51,19 +51,19 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
         click.echo(f"[1/{steps}] reusing the sample in {sample_dir}")
     click.echo(f"[2/{steps}] ingesting four sources (Prefect flow 'ingest', one task per batch)")
     for kind, name in SAMPLE_SOURCES:
-        s = ingest_flow(str(ws.root), kind, name, str(sample_dir / name))
-        click.echo(f"      {name:<10} {s['found']:>3} images, {s['ingested']:>3} ingested now, "
-                   f"{s['quarantined_total']} in quarantine")
+        s = ingest_flow(ws.root, kind, name, sample_dir / name, catalog_url=ws.catalog_url)
+        click.echo(f"      {name:<10} {s.found:>3} images, {s.ingested:>3} ingested now, "
+                   f"{s.quarantined_total} in quarantine")
     click.echo(f"[3/{steps}] dedup against the CUHK-style reference (Prefect flow 'dedup')")
-    s = dedup_flow(str(ws.root), "cuhk")
+    s = dedup_flow(ws.root, "cuhk", catalog_url=ws.catalog_url)
     catalog = ws.catalog()
     found = catalog.findings("duplicate")
     truth = json.loads((sample_dir / "truth.json").read_text())
     score = score_against_truth(truth, found)
     sheet = contact_sheet(catalog, ws.objects, found, demo_dir / "duplicates.png")
-    click.echo(f"      {s['duplicates']} duplicate pairs ({', '.join(f'{k}: {v}' for k, v in s['by_method'].items())}), "
-               f"{s['rejected_lookalikes']} look-alikes rejected by verification, "
-               f"{s['excluded_paths']} candidate paths excluded")
+    click.echo(f"      {s.duplicates} duplicate pairs ({', '.join(f'{k}: {v}' for k, v in s.by_method.items())}), "
+               f"{s.rejected_lookalikes} look-alikes rejected by verification, "
+               f"{s.excluded_paths} candidate paths excluded")
     click.echo(f"      against the sample's truth: {score['found']}/{score['planted']} planted pairs found, "
                f"{len(score['false'])} false pairs "
                f"({score['found_pairs']} pairs in all, copy-to-copy pairs included)")
@@ -108,27 +108,28 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     server.up(log=lambda m: click.echo(f"      {m}"))
     click.echo(f"[8/{steps}] pushing the images that passed dedup, pre-labelled by the DPN just "
                "trained (Prefect flow 'annotate-push')")
-    r = push_flow(str(ws.root), DEMO_PROJECT, prelabel=checkpoint)
-    click.echo(f"      {r['pushed']} tasks pushed now ({r['with_prelabel']} with pre-labels)")
+    r = push_flow(ws.root, DEMO_PROJECT, prelabel=checkpoint, catalog_url=ws.catalog_url)
+    click.echo(f"      {r.pushed} tasks pushed now ({r.with_prelabel} with pre-labels)")
     with connect(server.conn) as client:
-        sim = simulate(catalog, client, r["project_id"], sample_dir)
+        sim = simulate(catalog, client, r.project_id, sample_dir)
     click.echo(f"      SIMULATED annotator (not a person: the sample's hidden truth, perturbed) "
                f"submitted {sim.annotations} annotations ({sim.rejected} rejections, "
                f"{sim.second_opinions} second opinions)")
     click.echo(f"[9/{steps}] pulling the annotations back (Prefect flow 'annotate-pull')")
-    p = pull_flow(str(ws.root), DEMO_PROJECT, str(demo_dir / "masks"))
-    st = status(catalog, server.conn.url, r["project_id"])
+    p = pull_flow(ws.root, DEMO_PROJECT, export_dir=demo_dir / "masks",
+                  catalog_url=ws.catalog_url)
+    st = status(catalog, server.conn.url, r.project_id)
     click.echo(f"      {st.pushed} tasks: {st.annotated} annotated, {st.rejected} rejected, "
                f"{st.pending} pending; mean agreement (IoU) of double-annotated tasks: "
                f"{st.mean_agreement_iou}")
     click.echo(f"      work saved: {st.prelabelled_annotated} annotated tasks started from "
                f"a DPN pre-label; mean IoU pre-label → final mask {st.mean_prelabel_iou}, "
                f"accepted unchanged: {st.prelabel_accepted_share}")
-    for prob in p["problems"]:
+    for prob in p.problems:
         click.echo(f"      problem: {prob}")
     click.echo(f"      masks:    {(demo_dir / 'masks').resolve()}  (255 = blurred)")
-    click.echo(f"      snapshot: {p['snapshot']}")
-    click.echo(f"      project:  {r['url']}  (user {server.username}, password {server.password})")
+    click.echo(f"      snapshot: {p.snapshot}")
+    click.echo(f"      project:  {r.url}  (user {server.username}, password {server.password})")
     click.echo(f"      stop Label Studio with: blurset -w {ws.root} labelstudio down")
     return {"push": r, "pull": p, "status": st}
 
@@ -141,7 +142,7 @@ def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
     """Build (or reuse) the sample releases in ``wanted`` and verify them."""
     from blurset.model.release_format import MANIFEST
     from blurset.pipeline.flows import release_flow
-    from blurset.pipeline.release import verify_release
+    from blurset.pipeline.release import ReleaseSpec, verify_release
 
     click.echo(f"[{step}/{steps}] release {', '.join(f'{n} {v}' for n, v, _ in wanted)} (Prefect "
                "flow 'release-build'): Parquet shards, manifest, dataset card")
@@ -151,9 +152,10 @@ def _releases(ws: Workspace, wanted, step: int, steps: int) -> dict:
         if (path / MANIFEST).exists():
             click.echo(f"      {name} {version}: exists (a published version is immutable), reused")
         else:
-            r = release_flow(str(ws.root), name, version, **what)
-            splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
-            click.echo(f"      {name} {version}: {r['rows']} images ({splits})")
+            r = release_flow(ws.root, ReleaseSpec(name, version, **what),
+                             catalog_url=ws.catalog_url)
+            splits = ", ".join(f"{k} {v}" for k, v in r.splits.items())
+            click.echo(f"      {name} {version}: {r.rows} images ({splits})")
         rep = verify_release(path)
         state = "verified" if rep.ok else f"FAILED verification: {rep.problems[:3]}"
         click.echo(f"        {state}: {rep.files} files, {rep.rows} rows")

@@ -1,0 +1,115 @@
+"""Data verbs: ``sample``, ``ingest``, ``dedup``, ``dups``, ``quarantine``, ``status``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from blurset.pipeline.cli.context import Ctx, pass_ctx, reported
+from blurset.pipeline.stages.ingest import DEFAULT_MAX_PIXELS
+from blurset.pipeline.stages.sources import ADAPTERS
+
+
+@click.command()
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", type=click.Choice(["demo", "bench"]), default="demo", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def sample(dest: Path, size: str, seed: int) -> None:
+    """Write the bundled sample (CUHK-, MSRA10K-, DUT-OMRON-style folders) to DEST."""
+    from blurset.pipeline.demo.sample import write_sample
+    with reported(FileExistsError):
+        info = write_sample(dest, size=size, seed=seed)
+    click.echo(f"sample written to {dest.resolve()} (truth: {info.truth})")
+
+
+@click.command()
+@click.option("--kind", required=True, type=click.Choice(sorted(ADAPTERS)), help="Folder layout.")
+@click.option("--name", required=True, help="Source name in the catalog, e.g. cuhk or msra10k.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Images per Prefect task.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
+              type=click.IntRange(min=1),
+              help="Images with more pixels are quarantined (decompression bombs).")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@pass_ctx
+def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path: Path) -> None:
+    """Ingest the images of a dataset folder into the workspace."""
+    s = c.flows.ingest_flow(c.ws.root, kind, name, path, batch_size=batch_size,
+                            max_pixels=max_pixels, catalog_url=c.ws.catalog_url)
+    click.echo(f"{name}: {s.found} images found, {s.ingested} ingested now, "
+               f"{s.unchanged} unchanged, {s.quarantined_now} quarantined now "
+               f"({s.quarantined_total} in quarantine for this source). "
+               f"Catalog: {s.catalog_images} images under {s.catalog_paths} paths.")
+
+
+@click.command()
+@click.option("--reference", required=True, help="Name of the reference source (e.g. cuhk).")
+@click.option("--threshold", type=click.IntRange(min=0), default=None,
+              help="Hamming distance for hash candidates (default: the method's own).")
+@pass_ctx
+def dedup(c: Ctx, reference: str, threshold: int | None) -> None:
+    """Find candidates that duplicate the reference source or each other; exclude them."""
+    s = c.flows.dedup_flow(c.ws.root, reference, threshold=threshold,
+                           catalog_url=c.ws.catalog_url)
+    methods = ", ".join(f"{k}: {v}" for k, v in s.by_method.items()) or "none"
+    click.echo(f"dedup against {reference}: {s.candidate_images} candidate images checked "
+               f"against {s.reference_images} reference images; {s.duplicates} duplicate pairs "
+               f"({methods}), {s.rejected_lookalikes} look-alikes rejected by verification; "
+               f"{s.excluded_paths} candidate paths excluded.")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True)
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a contact sheet PNG of the pairs.")
+@click.option("--rejected", is_flag=True,
+              help="List the look-alikes that verification rejected instead.")
+@pass_ctx
+def dups(c: Ctx, fmt: str, sheet: Path | None, rejected: bool) -> None:
+    """Print the duplicate pairs found by the last dedup run."""
+    from blurset.pipeline.stages.dedup.run import contact_sheet, report
+    catalog = c.ws.catalog()
+    found = catalog.findings("rejected" if rejected else "duplicate")
+    click.echo(report(found, fmt), nl=False)
+    if sheet:
+        out = contact_sheet(catalog, c.ws.objects, found, sheet)
+        click.echo(f"contact sheet: {out.resolve()}", err=True)
+
+
+@click.command(name="quarantine")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True)
+@click.option("--source", help="Only this source.")
+@pass_ctx
+def quarantine(c: Ctx, fmt: str, source: str | None) -> None:
+    """List the files that were quarantined, with the reason."""
+    rows = [{"source": q["source"], "path": q["rel_path"], "reason": q["reason"]}
+            for q in c.ws.catalog().quarantined(source)]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    w = csv.DictWriter(sys.stdout, fieldnames=["source", "path", "reason"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+
+
+@click.command()
+@pass_ctx
+def status(c: Ctx) -> None:
+    """Counts in the catalog."""
+    catalog = c.ws.catalog()
+    click.echo(f"workspace: {c.ws.root}")
+    for k, v in catalog.counts().items():
+        click.echo(f"  {k}: {v}")
+    for name, n in sorted(catalog.path_counts().items()):
+        click.echo(f"  source {name}: {n} paths")
+
+
+def register(cli: click.Group) -> None:
+    for command in (sample, ingest, dedup, dups, quarantine, status):
+        cli.add_command(command)
