@@ -144,9 +144,13 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
                show_progress: bool) -> dedup_stage.DedupOutcome:
     catalog = Catalog(catalog_url)
-    bar = tqdm(desc="dedup (search, then verify pairs)", unit="step", disable=not show_progress)
+    bars: list[tqdm] = []  # made at the first step, so a refused reference shows no bar
 
     def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc="dedup (search, then verify pairs)", unit="step",
+                             disable=not show_progress))
+        bar = bars[0]
         if bar.total != total:  # the verification phase adds its pairs to the total
             bar.total = total
         bar.update(done - bar.n)
@@ -154,7 +158,8 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
     try:
         return dedup_stage.run_dedup(catalog, reference, threshold, progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         catalog.close()
 
 
