@@ -31,6 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("BLURSET_CATALOG_URL", None)
 
 
+# Fixtures that start a real component: a test using one is an integration test, marked or not.
+INTEGRATION_FIXTURES = {"prefect_harness", "label_studio"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
