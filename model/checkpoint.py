@@ -4,7 +4,9 @@ A checkpoint is a dict with ``format`` = :data:`CHECKPOINT_FORMAT`: the weights,
 scaler states, epoch and step, the resolved training config and DPNConfig, the train and val
 releases (name, version, split, fingerprint, every shard's sha256), the epoch's metrics, the best
 so far, the run (world size, device, AMP, torch version), the blurset version and the time.
-:func:`load_checkpoint` rebuilds the model from it alone.
+:func:`load_checkpoint` rebuilds the model from it alone. The name ``pretrained`` (the DPN shipped
+as package data, ``blurset.model.weights``, docs/pretrained.md) is accepted wherever a checkpoint
+path is: this module is the one place that resolves it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import os
 import pickle
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,13 @@ from blurset.model.dpn import DPN, DPNConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "PRETRAINED",
     "RESUMABLE_KEYS",
     "CheckpointError",
     "CheckpointNotFoundError",
     "RunExistsError",
     "blurset_version",
+    "checkpoint_path",
     "load_checkpoint",
     "read_checkpoint",
     "resume_problems",
@@ -40,6 +45,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "blurset-checkpoint/1"
 RESUMABLE_KEYS = ("epochs", "max_steps", "num_workers", "val_every")  # may change on resume
 WEIGHT_KEYS = ("model", "optimizer", "scaler")  # what load_checkpoint's metadata leaves out
+PRETRAINED = "pretrained"  # the checkpoint shipped as package data
 
 
 class CheckpointError(InputError):
@@ -72,9 +78,23 @@ def write_checkpoint(state: dict[str, Any], *paths: Path) -> None:
         atomic_write(path, buf.getbuffer())
 
 
+def checkpoint_path(spec: str | os.PathLike) -> Path:
+    """A checkpoint's file: ``pretrained`` is the one shipped in ``blurset.model.weights``,
+    anything else a path (not checked here: :func:`read_checkpoint` says when it is missing)."""
+    if os.fspath(spec) == PRETRAINED:
+        path = Path(str(resources.files("blurset.model.weights") / "pretrained.pt"))
+        if not path.is_file():
+            raise CheckpointNotFoundError(
+                f"the shipped checkpoint {path} is missing from this installation: reinstall "
+                "blurset, or rebuild it with `make pretrained`")
+        return path
+    return Path(spec)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dict in ``path`` (tensors on the CPU), checked to be a blurset one."""
-    path = Path(path)
+    """The checkpoint dict in ``path`` (tensors on the CPU), checked to be a blurset one;
+    ``pretrained`` names the shipped checkpoint."""
+    path = checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -103,7 +123,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ``step``, ``run``, ``blurset_version``, ``created``...). Raises :class:`CheckpointError` for a
     file that is not one.
     """
-    path = Path(path)
+    path = checkpoint_path(path)
     ckpt = read_checkpoint(path)
     try:
         model = DPN(DPNConfig.from_dict(ckpt["model_config"]))
