@@ -1,4 +1,4 @@
-"""Data verbs: ``sample``, ``ingest``, ``dedup``, ``dups``, ``quarantine``, ``status``."""
+"""Data verbs: ``sample``, ``synth``, ``ingest``, ``dedup``, ``dups``, ``quarantine``, ``status``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,29 @@ def sample(dest: Path, size: str, seed: int) -> None:
     with reported(FileExistsError):
         info = write_sample(dest, size=size, seed=seed)
     click.echo(f"sample written to {dest.resolve()} (truth: {info.truth})")
+
+
+@click.command()
+@click.option("--photos", "photos", required=True, multiple=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Folder of sharp photographs (recursive). Repeatable.")
+@click.option("--masks", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="CUHK-named blur masks (motion*.png, out_of_focus*.png; 255 = blurred).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write (CUHK layout: image/, gt/, synth.json); refused if it has images.")
+@click.option("--n", "n", default=1000, show_default=True, help="Composites to write.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--size", default=320, show_default=True, help="Long side of each composite (px).")
+def synth(photos: tuple[Path, ...], masks: Path, out: Path, n: int, seed: int, size: int) -> None:
+    """Blur sharp photos inside real mask shapes: a CUHK-layout source to ingest (--kind cuhk)."""
+    from blurset.pipeline.stages.synth import write_synth
+    with click.progressbar(length=n, label="synth") as bar:
+        r = write_synth(photos, masks, out, n=n, seed=seed, size=size,
+                        progress=lambda done, total: bar.update(1))
+    click.echo(f"{r.images} composites ({r.motion} motion, {r.defocus} defocus) from {r.photos} "
+               f"photos (fingerprint {r.photo_fingerprint[:16]}) and {r.masks} mask shapes in "
+               f"{r.out_dir.resolve()}; ingest with: blurset ingest {r.out_dir} --kind cuhk "
+               f"--name NAME")
 
 
 @click.command()
@@ -111,5 +134,5 @@ def status(c: Ctx) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for command in (sample, ingest, dedup, dups, quarantine, status):
+    for command in (sample, synth, ingest, dedup, dups, quarantine, status):
         cli.add_command(command)
