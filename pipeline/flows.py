@@ -74,6 +74,26 @@ class DedupSummary:
         return cls(**{f.name: summary[f.name] for f in fields(cls)})
 
 
+class _Bar:
+    """A tqdm bar made at its first use, so a run refused before any work shows none."""
+
+    def __init__(self, show: bool, **kwargs) -> None:
+        self._show, self._kwargs, self._bar = show, kwargs, None
+
+    @property
+    def bar(self) -> tqdm:
+        if self._bar is None:
+            self._bar = tqdm(disable=not self._show, **self._kwargs)
+        return self._bar
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -144,22 +164,17 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
                show_progress: bool) -> dedup_stage.DedupOutcome:
     catalog = Catalog(catalog_url)
-    bars: list[tqdm] = []  # made at the first step, so a refused reference shows no bar
+    steps = _Bar(show_progress, desc="dedup (search, then verify pairs)", unit="step")
 
     def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(desc="dedup (search, then verify pairs)", unit="step",
-                             disable=not show_progress))
-        bar = bars[0]
-        if bar.total != total:  # the verification phase adds its pairs to the total
-            bar.total = total
-        bar.update(done - bar.n)
+        if steps.bar.total != total:  # the verification phase adds its pairs to the total
+            steps.bar.total = total
+        steps.update(done - steps.bar.n)
 
     try:
         return dedup_stage.run_dedup(catalog, reference, threshold, progress)
     finally:
-        for bar in bars:
-            bar.close()
+        steps.close()
         catalog.close()
 
 
@@ -211,11 +226,12 @@ def push_task(ws: Workspace, project: str, sources: list[str] | None, limit: int
     from blurset.annotation.client import connect
     from blurset.pipeline.stages.labelling import push
     catalog, client = ws.catalog(), connect()
+    tasks = _Bar(show_progress, desc=f"push {project}", unit="task")
     try:
-        with tqdm(desc=f"push {project}", unit="task", disable=not show_progress) as bar:
-            return push(catalog, client, ws, project, sources, limit, batch_size, bar.update,
-                        prelabel=prelabel, rank=rank, min_blur=min_blur, max_blur=max_blur)
+        return push(catalog, client, ws, project, sources, limit, batch_size, tasks.update,
+                    prelabel=prelabel, rank=rank, min_blur=min_blur, max_blur=max_blur)
     finally:
+        tasks.close()
         client.close()
         catalog.close()
 
@@ -312,11 +328,11 @@ def prelabel_flow(workspace: Path, project: str, checkpoint: str, *, batch_size:
 @task(name="release-build", cache_policy=NO_CACHE)
 def release_task(ws: Workspace, spec: ReleaseSpec, show_progress: bool) -> ReleaseInfo:
     catalog = ws.catalog()
+    rows = _Bar(show_progress, desc=f"release {spec.name} {spec.version}", unit="img")
     try:
-        with tqdm(desc=f"release {spec.name} {spec.version}", unit="img",
-                  disable=not show_progress) as bar:
-            return build_release(ws, catalog, spec, progress=bar.update)
+        return build_release(ws, catalog, spec, progress=rows.update)
     finally:
+        rows.close()
         catalog.close()
 
 
