@@ -3,6 +3,14 @@ multiply rate would allow.
 
     python benchmarks/dpn_inference.py [--size 352] [--width 1.0] [--variant deb+bl] [--batch 1]
                                        [--iters N] [--threads T] [--mm-size 2048] [--no-vgg]
+                                       [--checkpoint pretrained --hw 480x640]
+
+With ``--checkpoint`` (a file, or ``pretrained``: the shipped DPN) the model is that checkpoint's
+(its own config and weights) on a ``--hw`` input (default ``--size`` square), and a third figure
+is timed: the pre-labeller's path (``blurset.model.apply.predict_maps`` on one ``--hw`` uint8 RGB
+photo: resize to the checkpoint's input size, predict, resize the map back), reported as
+``prelabel_img_s``. ``python benchmarks/dpn_inference.py --checkpoint pretrained --hw 480x640
+--no-vgg`` is the shipped model's claim (docs/pretrained.md).
 
 Builds ``blurset.model.dpn.build_dpn(DPNConfig(variant, width))`` (random weights: speed does not depend
 on them, and nothing is downloaded), in eval mode, and times ``DPN.predict`` on a seeded
@@ -67,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mm-size", type=int, default=2048, help="side of the matmul operands")
     parser.add_argument("--mm-reps", type=int, default=3, help="torch.mm calls per round")
     parser.add_argument("--no-vgg", action="store_true", help="skip the VGG-16 reference")
+    parser.add_argument("--checkpoint", help="time this checkpoint's DPN (a file or 'pretrained')")
+    parser.add_argument("--hw", help="input HEIGHTxWIDTH (e.g. 480x640; default --size square)")
     args = parser.parse_args(argv)
     for name in ("batch", "iters", "threads", "mm_size", "mm_reps"):
         if getattr(args, name) < 1:
@@ -79,17 +89,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.size % SIZE_MULTIPLE:
         parser.error(f"--size must be a multiple of {SIZE_MULTIPLE}, got {args.size}")
-    try:
-        config = DPNConfig(variant=args.variant, width=args.width)
-    except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
+    height = width = args.size
+    if args.hw:
+        try:
+            height, width = (int(v) for v in args.hw.lower().split("x"))
+        except ValueError:
+            parser.error(f"--hw must be HEIGHTxWIDTH (e.g. 480x640), got {args.hw!r}")
+        if height % 32 or width % 32:
+            parser.error(f"--hw sides must be multiples of 32, got {args.hw}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = build_dpn(config).eval()
+    input_size = None
+    if args.checkpoint:
+        from blurset.model.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(args.checkpoint)
+        config = model.config
+        input_size = int(meta["config"]["input_size"])
+    else:
+        try:
+            config = DPNConfig(variant=args.variant, width=args.width)
+        except (TypeError, ValueError) as exc:
+            parser.error(str(exc))
+        model = build_dpn(config).eval()
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
-    flops_img = count_flops(model, args.size)
-    x = torch.rand(args.batch, 3, args.size, args.size)
+    # conv FLOPs scale with the pixel count: count on 32² (every level 1×1 or more), rescale
+    flops_img = count_flops(model, 32) * height * width // (32 * 32)
+    x = torch.rand(args.batch, 3, height, width)
     a = torch.randn(args.mm_size, args.mm_size)
     b = torch.randn(args.mm_size, args.mm_size)
 
@@ -98,11 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.mm(a, b)
 
     fns: dict[str, Callable[[], object]] = {"dpn": lambda: model.predict(x), "matmul": matmul}
+    if input_size is not None:
+        import numpy as np
+
+        from blurset.model.apply import predict_maps
+
+        photo = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        fns["prelabel"] = lambda: predict_maps(model, [photo], input_size=input_size)
     vgg_flops_img = 0
     if not args.no_vgg:
         cfg = [v if v == "M" else max(1, round(int(v) * args.width)) for v in cfgs["D"]]
         vgg = make_layers(cfg, batch_norm=False).eval()  # == vgg16().features at width 1
-        vgg_flops_img = count_flops(vgg, args.size)
+        vgg_flops_img = count_flops(vgg, 32) * height * width // (32 * 32)
         fns["vgg"] = lambda: vgg(x)
 
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -129,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     threads = torch.get_num_threads()
-    print(f"DPN {config.variant} width={config.width:g} ({params_m:.2f} M params), "
-          f"{args.batch}×3×{args.size}×{args.size} float32, torch {torch.__version__}, "
+    print(f"DPN {config.variant} {config.backbone} width={config.width:g} ({params_m:.2f} M "
+          f"params){' from ' + args.checkpoint if args.checkpoint else ''}, "
+          f"{args.batch}×3×{height}×{width} float32, torch {torch.__version__}, "
           f"{threads} thread(s) of {all_cores()} core(s); best / median of {args.iters} "
           f"interleaved rounds")
     print(f"{'':<22}{'img/s':>10}{'ms/img':>10}{'GFLOP/img':>11}{'GFLOP/s':>10}"
@@ -144,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     row("DPN predict", "dpn", gflops_img)
     vgg_result = ""
+    if "prelabel" in fns:
+        pre_img_s = 1 / min(times["prelabel"])
+        print(f"pre-label path (one {height}×{width} photo at input {input_size}): "
+              f"{pre_img_s:.3f} img/s best, {1 / statistics.median(times['prelabel']):.3f} median")
+        vgg_result += f" prelabel_img_s={pre_img_s:.3f}"
     if "vgg" in fns:
         vgg_img_s, vgg_ratio = row("VGG-16 features only", "vgg", vgg_flops_img / 1e9)
         share = best["vgg"] / best["dpn"]

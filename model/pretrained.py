@@ -1,0 +1,196 @@
+"""The shipped ``pretrained`` DPN: which photos make its data, and how a trained run becomes it.
+
+``python -m blurset.model.pretrained photos --src PHOTOS --dest DIR`` links the chosen photographs
+of the Debian wallpaper packages (``scripts/fetch_photos.sh``) and of scikit-image / scikit-learn
+into ``DIR/train/<collection>/`` and ``DIR/heldout/<collection>/``: the split is by collection, so
+no held-out composite shares a photographer or a package with training (artwork, renders and
+duplicates left out by eye). ``python -m blurset.model.pretrained export`` turns a training run's
+checkpoint into the package-data checkpoint: fp16 weights (the model is rebuilt in float32 when
+loaded), the blur-type head (:mod:`blurset.model.blur_type`) fitted on the training release, and
+the provenance (commands, photo fingerprints, releases, held-out scores). ``make pretrained`` runs
+the whole recipe (docs/pretrained.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "export_pretrained", "link_photos"]
+
+# collection -> photo files (photographs only); the collection is the Debian package or library
+TRAIN_PHOTOS = {
+    "lomiri-wallpapers-16.04": [
+        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg",
+        "aitzgorri_by_Aitzol_Berasategi.jpg", "free_by_Peter_Nerlich.jpg",
+        "friends_by_Aitzol_Berasategi.jpg", "greentock_by_Peter_Nerlich.jpg",
+        "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg"],
+    "mate-backgrounds": [
+        "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg",
+        "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg", "Wood.jpg",
+        "YellowFlower.jpg"],
+    "plasma-workspace-wallpapers": [
+        "BytheWater.jpg", "ColdRipple.jpg", "ColorfulCups.jpg", "DarkestHour.jpg",
+        "EveningGlow.jpg", "FallenLeaf.jpg", "Grey.jpg", "Kite.jpg", "OneStandsOut.jpg",
+        "Path.jpg", "summer_1am.jpg"],
+}
+HELDOUT_PHOTOS = {
+    "lomiri-wallpapers-20.04": ["Kleiber_by_Lukas_Baubkus.jpg", "Infinite-Sea_by_Aury88.jpg"],
+    "scikit-image": ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                     "motorcycle_left.png"],
+    "scikit-learn": ["china.jpg", "flower.jpg"],
+}
+
+
+def _library_folder(collection: str) -> Path:
+    if collection == "scikit-image":
+        import skimage.data
+        return Path(skimage.data.__file__).parent
+    import sklearn.datasets
+    return Path(sklearn.datasets.__file__).parent / "images"
+
+
+def link_photos(src: str | os.PathLike, dest: str | os.PathLike) -> dict[str, int]:
+    """Symlink the chosen photos into ``dest/{train,heldout}/<collection>/``; ``src`` is the
+    folder ``scripts/fetch_photos.sh`` filled. Returns {role: photos linked}."""
+    src, dest = Path(src), Path(dest)
+    counts = {}
+    for role, table in (("train", TRAIN_PHOTOS), ("heldout", HELDOUT_PHOTOS)):
+        n = 0
+        for collection, names in table.items():
+            folder = (_library_folder(collection) if collection.startswith("scikit-")
+                      else src / collection)
+            out = dest / role / collection
+            out.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                if not (folder / name).is_file():
+                    raise FileNotFoundError(f"photo {folder / name} is missing: run "
+                                            f"scripts/fetch_photos.sh {src} first")
+                link = out / name
+                if not link.exists():
+                    link.symlink_to((folder / name).resolve())
+                n += 1
+        counts[role] = n
+    return counts
+
+
+def _features(model, release, split: str | None, input_size: int, limit: int | None,
+              seed: int = 0) -> tuple[np.ndarray, list[str], list]:
+    """Region features, blur types and (map, mask, gray) of up to ``limit`` rows of a split."""
+    import cv2
+    import pyarrow.parquet as pq
+
+    from blurset.model.blur_type import predict_maps_and_types
+    from blurset.model.crosscheck import iter_rows
+
+    shards = release.shards_of(split) if split else release.shards
+    types = {}
+    for shard in shards:
+        t = pq.read_table(release.path / shard.file, columns=["id", "blur_type"])
+        types.update(zip(t.column("id").to_pylist(), t.column("blur_type").to_pylist(),
+                         strict=True))
+    keep = None
+    if limit is not None and limit < len(types):
+        keep = set(np.random.default_rng(seed).choice(sorted(types), limit, replace=False))
+    feats, labels, extra = [], [], []
+    for row in iter_rows(release, split):
+        if keep is not None and row.id not in keep:
+            continue
+        maps, _, f = predict_maps_and_types(model, None, [row.image], input_size)
+        feats.append(f[0])
+        labels.append(types[row.id])
+        extra.append((maps[0], row.mask, cv2.cvtColor(row.image, cv2.COLOR_RGB2GRAY)))
+    return np.stack(feats), labels, extra
+
+
+def blur_type_scores(head, feats: np.ndarray, labels: Sequence[str], extra: list) -> dict:
+    """Accuracy of the head, of the coherence rule on the DPN's region, and of the majority."""
+    from blurset.pipeline.stages.prelabel import DPN_THRESHOLD, guess_blur_type
+
+    truth = ["motion" if t == "motion" else "defocus" for t in labels]
+    head_pred = head.predict(feats)
+    rule_pred = [guess_blur_type(gray, (m >= DPN_THRESHOLD).astype(np.uint8) * 255)
+                 for m, _, gray in extra]
+    n = len(truth)
+    majority = max(truth.count("motion"), truth.count("defocus")) / n
+    return {"n": n, "motion": truth.count("motion"),
+            "head": sum(a == b for a, b in zip(head_pred, truth, strict=True)) / n,
+            "rule": sum(a == b for a, b in zip(rule_pred, truth, strict=True)) / n,
+            "majority": majority}
+
+
+def export_pretrained(run_checkpoint: str | os.PathLike, train_spec: str,
+                      heldout_spec: str | None, out: str | os.PathLike, *,
+                      releases_root: str | os.PathLike | None = None, head_samples: int = 800,
+                      provenance: dict | None = None) -> dict:
+    """Write the package-data checkpoint ``out`` from a run's checkpoint; returns its metadata
+    (without the weights)."""
+    from blurset.fileio import atomic_write
+    from blurset.model.blur_type import fit_blur_type_head
+    from blurset.model.checkpoint import load_checkpoint, read_checkpoint
+    from blurset.model.data import resolve_release
+
+    ckpt = read_checkpoint(run_checkpoint)
+    model, meta = load_checkpoint(run_checkpoint)
+    input_size = int(meta["config"]["input_size"])
+    train = resolve_release(train_spec, releases_root)
+    feats, labels, _ = _features(model, train, train.split or "train", input_size, head_samples)
+    head, fit = fit_blur_type_head(feats, labels)
+    accuracy: dict = {"train_cv": fit}
+    if heldout_spec:
+        heldout = resolve_release(heldout_spec, releases_root)
+        hf, hl, extra = _features(model, heldout, heldout.split, input_size, None)
+        accuracy["heldout"] = blur_type_scores(head, hf, hl, extra)
+    head = type(head)(**{**head.to_dict(), "levels": tuple(head.levels), "accuracy": accuracy})
+    state = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler")}
+    state["model"] = {k: (v.half() if v.is_floating_point() else v)
+                      for k, v in ckpt["model"].items()}
+    state["blur_type_head"] = head.to_dict()
+    state["pretrained"] = {"source_checkpoint": os.fspath(run_checkpoint),
+                           **(provenance or {})}
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(out, buf.getvalue(), mode=0o644)
+    return {k: v for k, v in state.items() if k != "model"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blurset.model.pretrained",
+                                description="Photos and export of the shipped DPN.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ph = sub.add_parser("photos", help="link the chosen photos into DEST/{train,heldout}")
+    ph.add_argument("--src", default=str(Path.home() / ".cache" / "blurset" / "photos"))
+    ph.add_argument("--dest", required=True)
+    ex = sub.add_parser("export", help="a run's checkpoint → the package-data checkpoint")
+    ex.add_argument("--run", required=True, help="checkpoint of the training run (best.pt)")
+    ex.add_argument("--train", required=True, help="training release NAME@VERSION")
+    ex.add_argument("--heldout", help="held-out release NAME@VERSION[:SPLIT]")
+    ex.add_argument("--releases-root")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--provenance", help="JSON file merged into the checkpoint's 'pretrained'")
+    ex.add_argument("--head-samples", type=int, default=800)
+    args = p.parse_args(argv)
+    if args.cmd == "photos":
+        print(json.dumps(link_photos(args.src, args.dest)))
+        return 0
+    prov = json.loads(Path(args.provenance).read_text()) if args.provenance else None
+    meta = export_pretrained(args.run, args.train, args.heldout, args.out,
+                             releases_root=args.releases_root, head_samples=args.head_samples,
+                             provenance=prov)
+    print(json.dumps({"out": args.out, "blur_type_accuracy":
+                      meta["blur_type_head"]["accuracy"]}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
