@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench install clean
+.PHONY: demo test test-fast lint bench install clean pretrained
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
@@ -22,6 +22,13 @@ test: $(STAMP)
 # The unit tests alone (no servers, no training runs): under a minute.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# Rebuild the shipped DPN (model/weights/pretrained.pt) from the Debian wallpaper photos and the
+# CUHK mask shapes: make pretrained MASKS=/path/to/cuhk_gt  (about an hour on 2 CPU cores;
+# docs/pretrained.md)
+pretrained: $(STAMP)
+	@test -n "$(MASKS)" || { echo "usage: make pretrained MASKS=/path/to/cuhk_gt (CUHK masks)"; exit 2; }
+	$(BIN)/python -m blurset.model.pretrained build --masks "$(MASKS)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check blurset pipeline annotation model tests benchmarks

@@ -7,8 +7,9 @@ no held-out composite shares a photographer or a package with training (artwork,
 duplicates left out by eye). ``python -m blurset.model.pretrained export`` turns a training run's
 checkpoint into the package-data checkpoint: fp16 weights (the model is rebuilt in float32 when
 loaded), the blur-type head (:mod:`blurset.model.blur_type`) fitted on the training release, and
-the provenance (commands, photo fingerprints, releases, held-out scores). ``make pretrained`` runs
-the whole recipe (docs/pretrained.md).
+the provenance (commands, photo fingerprints, releases, held-out scores). ``python -m
+blurset.model.pretrained build --masks DIR`` (``make pretrained MASKS=DIR``) runs the whole recipe,
+:func:`recipe`, and records it in the checkpoint (docs/pretrained.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "export_pretrained", "link_photos"]
+__all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "export_pretrained", "link_photos", "recipe"]
+
+TRAIN_N, HELDOUT_N, SIZE = 2400, 300, 320  # composites; long side in pixels
 
 # collection -> photo files (photographs only); the collection is the Debian package or library
 TRAIN_PHOTOS = {
@@ -164,6 +169,46 @@ def export_pretrained(run_checkpoint: str | os.PathLike, train_spec: str,
     return {k: v for k, v in state.items() if k != "model"}
 
 
+def recipe(photos: str, masks: str, work: str, out: str, *, python: str = "python"
+           ) -> list[list[str]]:
+    """The commands that make the shipped checkpoint from nothing but the photos and masks
+    (``python`` runs them: the interpreter of the environment blurset is installed in)."""
+    py = python
+    bs = [py, "-m", "blurset.pipeline.cli.main", "-w", f"{work}/ws"]
+    me = [py, "-m", "blurset.model.pretrained"]
+    return [
+        ["bash", "scripts/fetch_photos.sh", photos],
+        [*me, "photos", "--src", photos, "--dest", f"{work}/photos"],
+        [*bs, "synth", "--photos", f"{work}/photos/train", "--masks", masks, "--out",
+         f"{work}/synth-train", "--n", str(TRAIN_N), "--seed", "0", "--size", str(SIZE)],
+        [*bs, "synth", "--photos", f"{work}/photos/heldout", "--masks", masks, "--out",
+         f"{work}/synth-heldout", "--n", str(HELDOUT_N), "--seed", "1", "--size", str(SIZE)],
+        [*bs, "ingest", f"{work}/synth-train", "--kind", "cuhk", "--name", "synth-train"],
+        [*bs, "ingest", f"{work}/synth-heldout", "--kind", "cuhk", "--name", "synth-heldout"],
+        [*bs, "release", "build", "synth-train", "1.0.0", "--from-source", "synth-train",
+         "--split", "train=0.9,test=0.1"],
+        [*bs, "release", "build", "synth-heldout", "1.0.0", "--from-source", "synth-heldout",
+         "--split", "test=1.0"],
+        [*bs, "train", "--config", "configs/dpn-lite0-cpu.yaml", "--train", "synth-train@1.0.0",
+         "--val", "synth-train@1.0.0:test", "--out", f"{work}/run"],
+        [*me, "export", "--run", f"{work}/run/checkpoints/best.pt", "--train",
+         "synth-train@1.0.0", "--heldout", "synth-heldout@1.0.0", "--releases-root",
+         f"{work}/ws/releases", "--synth", f"{work}/synth-train", "--synth",
+         f"{work}/synth-heldout", "--out", out],
+    ]
+
+
+def _synth_provenance(folders: Sequence[str]) -> dict:
+    out = {}
+    for folder in folders:
+        info = json.loads((Path(folder) / "synth.json").read_text(encoding="utf-8"))
+        role = "heldout" if "heldout" in Path(folder).name else "train"
+        out[role] = {"fingerprint": info["photo_fingerprint"], "photos": info["photos"],
+                     "collections": info["photo_folders"], "seed": info["seed"],
+                     "n": info["n"], "size": info["size"]}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blurset.model.pretrained",
                                 description="Photos and export of the shipped DPN.")
@@ -179,11 +224,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--out", required=True)
     ex.add_argument("--provenance", help="JSON file merged into the checkpoint's 'pretrained'")
     ex.add_argument("--head-samples", type=int, default=800)
+    ex.add_argument("--synth", action="append", default=[],
+                    help="a `blurset synth` folder whose synth.json to record (repeatable)")
+    bd = sub.add_parser("build", help="the whole recipe: photos → composites → releases → "
+                                      "training → export (about an hour on 2 CPU cores)")
+    bd.add_argument("--masks", required=True, help="the CUHK masks (motion*/out_of_focus*.png)")
+    bd.add_argument("--photos", default=str(Path.home() / ".cache" / "blurset" / "photos"))
+    bd.add_argument("--work", default="build/pretrained")
+    bd.add_argument("--out", default="model/weights/pretrained.pt")
     args = p.parse_args(argv)
     if args.cmd == "photos":
         print(json.dumps(link_photos(args.src, args.dest)))
         return 0
-    prov = json.loads(Path(args.provenance).read_text()) if args.provenance else None
+    if args.cmd == "build":
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        for cmd in recipe(args.photos, args.masks, args.work, args.out, python=sys.executable):
+            print("+ " + shlex.join(cmd), flush=True)
+            subprocess.run(cmd, check=True, env=env)
+        return 0
+    prov = json.loads(Path(args.provenance).read_text()) if args.provenance else {}
+    prov.setdefault("commands", [shlex.join(c) for c in recipe(
+        "~/.cache/blurset/photos", "MASKS", "build/pretrained", args.out)])
+    if args.synth:
+        prov["photos"] = _synth_provenance(args.synth)
     meta = export_pretrained(args.run, args.train, args.heldout, args.out,
                              releases_root=args.releases_root, head_samples=args.head_samples,
                              provenance=prov)

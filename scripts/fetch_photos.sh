@@ -6,7 +6,7 @@
 # (package, version, file, sha256). Idempotent: a package already unpacked is left alone.
 set -euo pipefail
 DEST="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/blurset/photos}"
-PACKAGES=(lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds ukui-wallpapers gnome-backgrounds desktop-base)
+PACKAGES=(lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds ukui-wallpapers gnome-backgrounds desktop-base plasma-workspace-wallpapers)
 mkdir -p "$DEST"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -23,7 +23,14 @@ for pkg in "${PACKAGES[@]}"; do
   # photos only: wallpapers and backgrounds folders (not icons, boot-splash themes or logos)
   find "$work/x/usr/share" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' -o -iname '*.webp' \) \
       \( -path '*/backgrounds/*' -o -path '*/wallpapers/*' -o -path '*/wallpaper/*' \) \
-      -exec cp -n {} "$DEST/$pkg/" \;
+      ! -path '*/contents/images*' -exec cp -n {} "$DEST/$pkg/" \;
+  # KDE layout (wallpapers/NAME/contents/images/WxH.jpg): the largest file of each, as NAME.jpg
+  for d in "$work"/x/usr/share/wallpapers/*/contents/images; do
+    [ -d "$d" ] || continue
+    f="$(find "$d" -type f \( -iname '*.jpg' -o -iname '*.png' \) -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
+    n="$(basename "$(dirname "$(dirname "$d")")")"
+    [ -n "$f" ] && cp -n "$f" "$DEST/$pkg/$n.${f##*.}"
+  done
   cp -n "$work"/x/usr/share/doc/"$pkg"/copyright "$DEST/$pkg/COPYRIGHT" 2>/dev/null || true
   dpkg-deb -f "$deb" Version > "$DEST/$pkg/.version"
   touch "$DEST/$pkg/.done"

@@ -81,11 +81,12 @@ def _model_spec(checkpoint: str) -> str:
     """A handcrafted name as is, a checkpoint file as an absolute path (the background process
     may start elsewhere)."""
     from blurset.pipeline.stages.prelabel import HANDCRAFTED
-    return checkpoint if checkpoint in HANDCRAFTED else str(Path(checkpoint).resolve())
+    named = (*HANDCRAFTED, "pretrained")  # resolved by the loader, not a path here
+    return checkpoint if checkpoint in named else str(Path(checkpoint).resolve())
 
 
 @ml_backend.command()
-@click.option("--checkpoint", required=True, help="A DPN checkpoint, or laplacian / lbp.")
+@click.option("--checkpoint", required=True, help="A DPN checkpoint, pretrained (the shipped DPN), or laplacian / lbp.")
 @click.option("--host", default=HOST, show_default=True)
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--document-root", type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -111,7 +112,7 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
 
 
 @ml_backend.command(name="up")
-@click.option("--checkpoint", required=True, help="A DPN checkpoint, or laplacian / lbp.")
+@click.option("--checkpoint", required=True, help="A DPN checkpoint, pretrained (the shipped DPN), or laplacian / lbp.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--project", help="Connect it to this Label Studio project (title).")
 @click.option("--retrieve-automatically/--no-retrieve-automatically", default=True,

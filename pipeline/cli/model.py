@@ -74,7 +74,7 @@ def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resum
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+@click.option("--checkpoint", metavar="FILE|pretrained",
               help="A DPN checkpoint to score on --release.")
 @click.option("--release", "release_spec", metavar="NAME@VERSION[:SPLIT]",
               help="Release to score on (with --checkpoint).")
@@ -168,7 +168,7 @@ def _write_json(results: dict, paths: dict, path: Path) -> None:
 @click.command()
 @click.option("--train", "train_spec", metavar="NAME@VERSION",
               help="Release to train on (its train split); or give --checkpoint.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+@click.option("--checkpoint", metavar="FILE|pretrained",
               help="Use this trained DPN instead of training one.")
 @click.option("--test", "test_spec", required=True, metavar="NAME@VERSION[:SPLIT]",
               help="Release to test on: all of it (nothing of it was trained on), or :SPLIT.")
@@ -207,7 +207,8 @@ def crosscheck(c: Ctx, train_spec: str | None, checkpoint: str | None, test_spec
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, metavar="FILE|pretrained",
+              help="A DPN checkpoint, or pretrained (the shipped DPN).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for the blur maps (<stem>.png, 255 = blurred).")
 def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
@@ -227,7 +228,8 @@ def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
 
 @click.command(name="blur-degree")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, metavar="FILE|pretrained",
+              help="A DPN checkpoint, or pretrained (the shipped DPN).")
 @click.option("--threshold", default=0.6, show_default=True, type=click.FloatRange(0, 1),
               help="S above this flags the frame as camera shake (blurred all over).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
@@ -254,7 +256,8 @@ def blur_degree_cmd(images: tuple[str, ...], checkpoint: str, threshold: float,
 
 @click.command(name="dof-magnify")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, metavar="FILE|pretrained",
+              help="A DPN checkpoint, or pretrained (the shipped DPN).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output image file.")
 @click.option("--strength", default=8.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True),

@@ -145,37 +145,54 @@ class DpnPrelabeller:
     """
 
     def __init__(self, checkpoint: str | Path, batch_size: int = 4):
-        from blurset.model.train import CheckpointError, load_checkpoint
+        from blurset.model.blur_type import BlurTypeHead
+        from blurset.model.checkpoint import (
+            CheckpointError,
+            CheckpointNotFoundError,
+            load_checkpoint,
+        )
         path = Path(checkpoint)
-        if not path.is_file():
-            raise PrelabelError(f"pre-labeller {str(checkpoint)!r} is neither one of "
-                                f"{', '.join(HANDCRAFTED)} nor an existing DPN checkpoint file")
-        try:
+        try:  # the loader resolves the name 'pretrained' (the shipped DPN)
             model, meta = load_checkpoint(path)
+        except CheckpointNotFoundError:
+            raise PrelabelError(f"pre-labeller {str(checkpoint)!r} is neither one of "
+                                f"{', '.join(HANDCRAFTED)}, pretrained, nor an existing DPN "
+                                "checkpoint file") from None
         except CheckpointError as e:
             raise PrelabelError(f"cannot pre-label with {path}: {e}") from None
         train = (meta.get("releases") or {}).get("train") or {}
         self.model_version = (f"dpn:{path.stem}@{train.get('name', 'unknown')}"
                               f"@{train.get('version', 'unknown')}")
         self._loaded = _Loaded(model, int((meta.get("config") or {}).get("input_size", 352)))
+        # a learned blur-type head travels in the checkpoint (the shipped one has it); else the rule
+        head = meta.get("blur_type_head")
+        self._head = BlurTypeHead.from_dict(head) if head else None
         self.batch_size = batch_size
 
     def predict(self, paths: Sequence[Path]) -> list[dict]:
         from blurset.model.apply import predict_maps, read_rgb
+        from blurset.model.blur_type import predict_maps_and_types
         rgbs = [read_rgb(p) for p in paths]
-        maps = predict_maps(self._loaded.model, rgbs, input_size=self._loaded.input_size,
-                            batch_size=self.batch_size)
+        if self._head is not None:
+            maps, types, _ = predict_maps_and_types(self._loaded.model, self._head, rgbs,
+                                                    self._loaded.input_size, self.batch_size)
+        else:
+            maps = predict_maps(self._loaded.model, rgbs, input_size=self._loaded.input_size,
+                                batch_size=self.batch_size)
+            types = [None] * len(maps)
         out = []
-        for rgb, m in zip(rgbs, maps, strict=True):
+        for rgb, m, kind in zip(rgbs, maps, types, strict=True):
             mask = np.where(m >= DPN_THRESHOLD, 255, 0).astype(np.uint8)  # (H, W)
             score = float(np.abs(2 * m - 1).mean())
-            out.append(prelabel_from_mask(mask, self.model_version, score,
-                                          guess_blur_type(_gray(rgb), mask)))
+            if kind is None or (mask > 0).sum() < MIN_PIXELS:  # no region: no hint
+                kind = guess_blur_type(_gray(rgb), mask)
+            out.append(prelabel_from_mask(mask, self.model_version, score, kind))
         return out
 
 
 def make_prelabeller(spec: str) -> Prelabeller:
-    """``laplacian`` / ``lbp``, or the path of a DPN checkpoint (loaded here, once)."""
+    """``laplacian`` / ``lbp``, ``pretrained`` (the shipped DPN) or the path of a DPN checkpoint
+    (loaded here, once)."""
     if spec in HANDCRAFTED:
         return HandcraftedPrelabeller(spec)
     return DpnPrelabeller(spec)
