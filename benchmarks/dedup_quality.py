@@ -99,7 +99,7 @@ def run_ours(sample: Sample, refs: list[str], cands: list[str],
     """Our matches (both verdicts), hashing and dedup seconds."""
     from PIL import Image
 
-    from blurset.pipeline.stages.dedup.search import HashRecord, find_duplicates
+    from blurset.pipeline.stages.dedup import HashRecord, find_duplicates
     from blurset.pipeline.stages.hashing import hash_opened
 
     start = time.perf_counter()

@@ -62,6 +62,7 @@ images = Table(
     Column("phash", String(16), nullable=False),
     Column("thumb", LargeBinary, nullable=False),
     Column("created_at", String, nullable=False),
+    Column("chroma", LargeBinary),  # 8×8 (Cb, Cr) grid of a colour image (dedup); None if grey
 )
 
 image_paths = Table(
@@ -124,8 +125,19 @@ duplicate_findings = Table(
     Column("distance", Integer, nullable=False),
     Column("method", String, nullable=False),
     Column("score", Float),
-    Column("verdict", String, nullable=False),  # duplicate | rejected
+    Column("verdict", String, nullable=False),  # duplicate | uncertain | rejected
     UniqueConstraint("candidate_source", "candidate_path", "reference_source", "reference_path"),
+    Column("decided", String),  # a person's decision that set the verdict (duplicate | distinct)
+)
+
+dedup_decisions = Table(  # a person's word on a pair of images; outlives every dedup run
+    "dedup_decisions", metadata,
+    Column("image_a", String(64), primary_key=True),  # the smaller of the two image ids
+    Column("image_b", String(64), primary_key=True),
+    Column("decision", String, nullable=False),  # duplicate | distinct
+    Column("candidate", Text, nullable=False),  # source/path as the person named them
+    Column("reference", Text, nullable=False),
+    Column("decided_at", String, nullable=False),
 )
 
 
@@ -205,6 +217,7 @@ class ImageRow:
     object_path: str
     phash: str
     thumb: bytes
+    chroma: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -432,7 +445,7 @@ class Catalog:
     def hash_rows(self, source_names: Iterable[str] | None = None) -> list[dict]:
         """Every (source, path) with its image's hashes, in a stable order."""
         q = (select(image_paths.c.source, image_paths.c.rel_path, image_paths.c.image_id,
-                    images.c.phash, images.c.thumb)
+                    images.c.phash, images.c.thumb, images.c.chroma)
              .join(images, images.c.id == image_paths.c.image_id)
              .order_by(image_paths.c.source, image_paths.c.rel_path))
         if source_names is not None:
@@ -494,6 +507,23 @@ class Catalog:
             q = q.where(duplicate_findings.c.verdict == verdict)
         with self.engine.connect() as c:
             return [dict(r) for r in c.execute(q).mappings()]
+
+    def record_decisions(self, rows: Sequence[dict]) -> None:
+        """Record people's decisions (``image_a``, ``image_b``, ``decision``, ``candidate``,
+        ``reference``); a later decision on the same pair replaces the earlier one."""
+        ts = now()
+        with self.engine.begin() as c:
+            for r in rows:
+                a, b = sorted((r["image_a"], r["image_b"]))
+                values = dict(r, image_a=a, image_b=b, decided_at=ts)
+                c.execute(self._upsert(dedup_decisions, values, ["image_a", "image_b"],
+                                       ["decision", "candidate", "reference", "decided_at"]))
+
+    def decisions(self) -> dict[tuple[str, str], dict]:
+        """(smaller image id, larger image id) → the decision row."""
+        with self.engine.connect() as c:
+            return {(r["image_a"], r["image_b"]): dict(r)
+                    for r in c.execute(select(dedup_decisions)).mappings()}
 
     def last_dedup_run(self) -> dict | None:
         with self.engine.connect() as c:

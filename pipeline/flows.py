@@ -68,6 +68,8 @@ class DedupSummary:
     excluded_paths: int
     excluded_as_reference_duplicates: int
     by_method: dict[str, int]  # duplicate pairs per method
+    uncertain: int = 0  # pairs left to a person (neither excluded nor rejected)
+    decided: int = 0  # findings whose verdict a person's decision set
 
     @classmethod
     def of(cls, summary: dict) -> DedupSummary:

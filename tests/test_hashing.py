@@ -56,7 +56,7 @@ def test_hashes_have_the_documented_shape(pool):
 
 def test_stored_form_round_trips(pool):
     h = hashed(encoded(pool["chelsea"]))
-    back = ImageHashes.from_stored(int(phash_hex(h.phash), 16), h.thumb_bytes())
+    back = ImageHashes.from_stored(int(phash_hex(h.phash), 16), h.thumb_bytes(), h.chroma_bytes())
     assert back == h
     assert np.array_equal(back.thumb, h.thumb) and back.phash == h.phash
 

@@ -1,10 +1,10 @@
 """Perceptual hashes of one image, computed from a reduced-size decode (no Prefect, no I/O).
 
 :func:`hash_opened` takes an image straight from ``Image.open`` and decodes only what the hashes
-need: for JPEG, ``Image.draft`` asks libjpeg for the luma channel alone at a DCT scaling of 1/2 …
-1/8 (the largest that keeps both sides ≥ 64), so a 400×300 photo is decoded as 100×75 grey
-pixels; other formats are decoded whole. On one core that is ~4× imagededup's PHash and within
-1.25× of the reduced decode alone (``benchmarks/hashing.py``). Then:
+need: for JPEG, ``Image.draft`` asks libjpeg for its YCbCr planes, without colour conversion, at
+a DCT scaling of 1/2 … 1/8 (the largest that keeps both sides ≥ 64), so a 400×300 photo is
+decoded as 100×75 pixels; other formats are decoded whole (``benchmarks/hashing.py`` times it).
+Then:
 
 - EXIF orientation is applied to the small result (a 64×64 thumb is squashed to a square, so
   rotating the thumb equals squashing the rotated image), so a copy rotated by EXIF hashes like
@@ -13,13 +13,17 @@ pixels; other formats are decoded whole. On one core that is ~4× imagededup's P
   composited over white, 16-bit and 32-bit integer and float images scaled (not clipped) to 0-255;
 - ``thumb``: a 64×64 uint8 grey thumbnail, aspect ratio ignored (area-averaged), kept in the
   catalog for dedup's verification step (``blurset.pipeline.stages.dedup.search``);
+- ``chroma``: the colour of a colour image as an 8×8 grid of mean Cb and Cr (uint8, 128 = grey;
+  ``None`` for a grey image): the grey thumb cannot tell two smooth images of different hue apart,
+  and dedup's verification uses this grid for that;
 - ``phash``: the 64-bit DCT perceptual hash (Zauner 2010, as in imagehash/imagededup) of the
   thumb: the 8×8 lowest frequencies of the 32×32 DCT of the thumb reduced 2×2, each bit set when
   its coefficient exceeds their median. Bit 63 (the most significant) is coefficient (0, 0), rows
   first, like imagehash's hex strings.
 
-The catalog stores only ``phash`` (16 hex digits) and the thumb bytes; :meth:`ImageHashes.
-from_stored` rebuilds the value from them, and anything dedup needs is derived from the thumb.
+The catalog stores ``phash`` (16 hex digits), the thumb bytes and the chroma bytes;
+:meth:`ImageHashes.from_stored` rebuilds the value from them (a catalog written before the chroma
+existed has none: dedup then judges on grey alone).
 
 A JPEG's DCT-scaled decode is a little sharper than area averaging, so one picture saved as JPEG
 and as PNG gets thumbs a few grey levels and hashes a few bits apart; dedup's search radius and
@@ -39,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 THUMB_SIDE = 64  # the thumb is THUMB_SIDE × THUMB_SIDE grey pixels, aspect ratio ignored
+CHROMA_SIDE = 8  # the chroma grid is CHROMA_SIDE × CHROMA_SIDE × (Cb, Cr)
 HASH_SIDE = 8  # phash bits: HASH_SIDE × HASH_SIDE lowest DCT frequencies
 DCT_SIDE = 32  # phash's DCT runs over the thumb reduced to DCT_SIDE × DCT_SIDE
 
@@ -60,10 +65,12 @@ _WHITE = 255
 
 @dataclass(frozen=True, eq=False)
 class ImageHashes:
-    """The hashes of one image: a 64×64 grey ``thumb`` (uint8) and the 64-bit ``phash``."""
+    """The hashes of one image: a 64×64 grey ``thumb`` (uint8), the 64-bit ``phash`` and, for a
+    colour image, an 8×8 ``chroma`` grid of (Cb, Cr) (uint8, 128 = no colour)."""
 
     thumb: np.ndarray  # (THUMB_SIDE, THUMB_SIDE) uint8, read-only
     phash: int  # 0 ≤ phash < 2**64
+    chroma: np.ndarray | None = None  # (CHROMA_SIDE, CHROMA_SIDE, 2) uint8, or None (grey)
 
     def __post_init__(self) -> None:
         t = self.thumb
@@ -71,42 +78,88 @@ class ImageHashes:
             raise ValueError(f"thumb must be a square 2-D uint8 array, got {t.dtype} {t.shape}")
         if not 0 <= self.phash < 1 << 64:
             raise ValueError(f"phash must be a 64-bit unsigned int, got {self.phash!r}")
+        c = self.chroma
+        if c is not None and (c.dtype != np.uint8 or c.shape != (CHROMA_SIDE, CHROMA_SIDE, 2)):
+            raise ValueError(f"chroma must be a ({CHROMA_SIDE}, {CHROMA_SIDE}, 2) uint8 array, "
+                             f"got {c.dtype} {c.shape}")
 
     def thumb_bytes(self) -> bytes:
         """The thumb as stored in the catalog: side × side bytes, rows first."""
         return self.thumb.tobytes()
 
+    def chroma_bytes(self) -> bytes | None:
+        """The chroma grid as stored in the catalog (rows, then columns, then Cb/Cr), or None."""
+        return None if self.chroma is None else self.chroma.tobytes()
+
     @classmethod
-    def from_stored(cls, phash: int, thumb: bytes) -> ImageHashes:
-        """Rebuild from the catalog's two columns (the side is the square root of the length)."""
+    def from_stored(cls, phash: int, thumb: bytes, chroma: bytes | None = None) -> ImageHashes:
+        """Rebuild from the catalog's columns (the side is the square root of the length)."""
         side = math.isqrt(len(thumb))
         if side == 0 or side * side != len(thumb):
             raise ValueError(f"stored thumb has {len(thumb)} bytes, not a square number "
                              f"(expected {THUMB_SIDE * THUMB_SIDE} for a {THUMB_SIDE}² thumb)")
         arr = np.frombuffer(thumb, dtype=np.uint8).reshape(side, side)
-        return cls(thumb=arr, phash=int(phash))
+        grid = None
+        if chroma is not None:
+            if len(chroma) != CHROMA_SIDE * CHROMA_SIDE * 2:
+                raise ValueError(f"stored chroma has {len(chroma)} bytes, expected "
+                                 f"{CHROMA_SIDE * CHROMA_SIDE * 2}")
+            grid = np.frombuffer(chroma, dtype=np.uint8).reshape(CHROMA_SIDE, CHROMA_SIDE, 2)
+        return cls(thumb=arr, phash=int(phash), chroma=grid)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ImageHashes):
             return NotImplemented
-        return self.phash == other.phash and np.array_equal(self.thumb, other.thumb)
+        return (self.phash == other.phash and np.array_equal(self.thumb, other.thumb)
+                and self.chroma_bytes() == other.chroma_bytes())
 
     def __hash__(self) -> int:
-        return hash((self.phash, self.thumb_bytes()))
+        return hash((self.phash, self.thumb_bytes(), self.chroma_bytes()))
 
 
 def hash_opened(im: Image.Image) -> ImageHashes:
     """Hash an image freshly returned by ``Image.open`` (not loaded yet), decoding as little as
     the hashes need. Pillow's decoding errors propagate unchanged."""
     orientation = _orientation(im)
-    # JPEG: luma only, DCT-scaled so that both sides stay ≥ THUMB_SIDE. A no-op elsewhere.
-    im.draft("L", (THUMB_SIDE, THUMB_SIDE))
-    small = _grey_thumb_image(im)
+    size = (THUMB_SIDE, THUMB_SIDE)
+    if im.format == "JPEG" and im.mode == "RGB":
+        # The YCbCr planes, DCT-scaled so that both sides stay ≥ THUMB_SIDE: Y is the luma a
+        # grey decode gives, Cb and Cr the colour, and no colour conversion is run.
+        im.draft("YCbCr", size)
+        ycc = im.convert("YCbCr") if im.mode != "YCbCr" else im
+        small = ycc.getchannel(0).resize(size, Image.Resampling.BOX)
+        colour: Image.Image | None = ycc.resize((CHROMA_SIDE, CHROMA_SIDE), Image.Resampling.BOX)
+    else:
+        im.draft("L", size)  # a grey JPEG: luma only; a no-op elsewhere
+        small = _grey_thumb_image(im)
+        colour = _colour_grid(im)
     transpose = _ORIENTATION_TRANSPOSE.get(orientation)
     if transpose is not None:
         small = small.transpose(transpose)
+        colour = colour.transpose(transpose) if colour is not None else None
     thumb = np.frombuffer(small.tobytes(), dtype=np.uint8).reshape(THUMB_SIDE, THUMB_SIDE)
-    return ImageHashes(thumb=thumb, phash=phash_of_thumb(thumb))
+    chroma = None
+    if colour is not None:
+        ycc_grid = np.asarray(colour, dtype=np.uint8).reshape(CHROMA_SIDE, CHROMA_SIDE, 3)
+        chroma = np.ascontiguousarray(ycc_grid[:, :, 1:])
+    return ImageHashes(thumb=thumb, phash=phash_of_thumb(thumb), chroma=chroma)
+
+
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"}) | _SIXTEEN_BIT
+
+
+def _colour_grid(im: Image.Image) -> Image.Image | None:
+    """The image as a CHROMA_SIDE² YCbCr grid (alpha over white), or None for a grey mode."""
+    mode = im.mode
+    if mode in _GREY_MODES or mode == "LAB":  # Pillow has no LAB → RGB conversion
+        return None
+    if mode in _ALPHA or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        back = Image.new("RGBA", rgba.size, (_WHITE, _WHITE, _WHITE, 255))
+        rgb = Image.alpha_composite(back, rgba).convert("RGB")
+    else:
+        rgb = im.convert("RGB")
+    return rgb.convert("YCbCr").resize((CHROMA_SIDE, CHROMA_SIDE), Image.Resampling.BOX)
 
 
 def phash_of_thumb(thumb: np.ndarray) -> int:

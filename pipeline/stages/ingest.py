@@ -181,6 +181,7 @@ def ingest_item(root: Path, item: SourceItem, store: ObjectStore, qstore: Object
     data = path.read_bytes()
     try:
         opened = open_checked(data, max_pixels)
+        mode = opened.image.mode  # as the file holds it (hashing drafts a reduced decode)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             hashes = hash_opened(opened.image)
@@ -195,8 +196,9 @@ def ingest_item(root: Path, item: SourceItem, store: ObjectStore, qstore: Object
     obj = store.put(data, extension_for(opened.format), digest=image_id)
     result.images.append(ImageRow(
         id=image_id, format=opened.format, width=opened.width, height=opened.height,
-        mode=opened.image.mode, exif_orientation=opened.orientation, size_bytes=len(data),
-        object_path=obj, phash=f"{hashes.phash:016x}", thumb=hashes.thumb_bytes()))
+        mode=mode, exif_orientation=opened.orientation, size_bytes=len(data),
+        object_path=obj, phash=f"{hashes.phash:016x}", thumb=hashes.thumb_bytes(),
+        chroma=hashes.chroma_bytes()))
     result.paths.append(PathRow(rel_path=item.rel_path, image_id=image_id, signature=sig,
                                 blur_type=item.blur_type))
     if item.mask_path:

@@ -1,0 +1,346 @@
+"""Verification of a pair the hash search found: align the two thumbs, then judge the pair on the
+evidence it still carries. Pure functions over thumbs and affine warps; no catalog, no search.
+
+A pair is ``duplicate`` on one of two kinds of evidence, ``uncertain`` when its pixels agree but
+carry too little to decide (a person then does), ``rejected`` otherwise:
+
+- **fine**: the band-passed thumbs agree cell by cell (median correlation ≥ ``min_score``) and
+  the agreement is significant for the number of independent samples the band holds (Fisher z
+  × √samples ≥ ``min_z``): a smooth field holds few, so one score means less there;
+- **coarse**: one affine intensity map explains the smoothed query from the template (median
+  cell residual small in grey levels, R² high), and what is left of the image once its plane is
+  removed (its structure) is there and correlates; a hash distance of 0 lowers that bar.
+
+Both need a warp that a copy edit makes; coarse evidence also needs the 8×8 colour grids, when
+both images have colour, to agree up to one saturation gain (a grey thumb cannot tell two
+gradients of different hue apart), and without colour it needs a stricter grey bar. The design and what still cannot be told apart: ``docs/dedup.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from blurset.pipeline.stages.hashing import THUMB_SIDE
+
+_S = THUMB_SIDE
+_CELLS = 4  # the cell grid is _CELLS × _CELLS
+_ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 15, 1e-2)
+_ECC_GAUSS = 5
+_BAND = (1.0, 4.0)  # DoG sigmas of the fine band, thumb pixels; the smooth thumb is the first
+_FINE_BAND = (0.7, 2.0)  # DoG sigmas of the texture measure
+_FLAGS = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+
+DUPLICATE, UNCERTAIN, REJECTED = "duplicate", "uncertain", "rejected"
+
+
+@dataclass(frozen=True)
+class Bars:
+    """What a pair must show. The defaults are the ones ``find_duplicates`` uses."""
+
+    min_score: float = 0.7  # fine: median cell correlation of the band-passed thumbs
+    min_z: float = 7.0  # fine: atanh(score) · √(independent samples - 3)
+    min_r2: float = 0.98  # coarse: share of the smoothed query an intensity map explains
+    max_residual: float = 1.5  # coarse: median cell RMS residual, template grey levels
+    min_structure: float = 1.5  # coarse: std of the smoothed thumb less its plane, grey levels
+    min_rho: float = 0.9  # coarse: correlation of the two thumbs less their planes
+    min_rho_at_zero: float = 0.8  # coarse, hash distance 0
+    min_rho_grey: float = 0.97  # coarse without colour to compare
+    max_residual_grey: float = 1.0  # coarse without colour to compare
+    max_colour_error_flat: float = 0.08  # flat: colour and intensity map agree to the noise...
+    max_residual_flat: float = 0.6  # ... floor: a duplicate after all
+    max_colour_error_coarse: float = 0.15  # coarse: colour residual of one gain, share of it
+    min_colour: float = 3.0  # colour grids weaker than this (RMS, Cb/Cr levels) are grey
+    scale_range: tuple[float, float] = (0.7, 1.4)  # per-axis scale of the warp
+    max_shear: float = 0.15  # off-diagonal terms of the warp's linear part
+    min_coverage: float = 0.8  # one image must cover this share of the other
+
+
+BARS = Bars()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One thumb ready to be compared: grey, its fine band, its smooth version, its colour."""
+
+    grey: np.ndarray  # (S, S) float32
+    band: np.ndarray  # (S, S) DoG σ 1/4
+    smooth: np.ndarray  # (S, S) Gaussian σ 1
+    chroma: np.ndarray | None  # (S, S, 2) float32 Cb/Cr - 128, or None (grey image)
+    samples: float  # independent samples the fine band holds over the whole thumb
+    structure: float  # std of the smooth thumb less its best plane
+    texture: float  # std of the σ 0.7/2 band (finest detail), grey levels
+    colour: float  # RMS of the chroma (0 for grey)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one alignment of a pair shows (NaN where not measured)."""
+
+    plausible: bool
+    fine: float = float("nan")
+    z: float = float("nan")
+    r2: float = float("nan")
+    residual: float = float("nan")
+    structure: float = float("nan")
+    rho: float = float("nan")
+    colour_error: float | None = None  # None: no colour to compare
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``verdict`` with the ``evidence`` kind that decided it (fine, coarse, flat, colour, warp,
+    none) and its ``score`` (-1…1: fine-band or structure correlation)."""
+
+    verdict: str
+    evidence: str
+    score: float
+
+    @property
+    def duplicate(self) -> bool:
+        return self.verdict == DUPLICATE
+
+
+_RANK = {DUPLICATE: 2, UNCERTAIN: 1, REJECTED: 0}
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation
+
+
+def prepare(thumb: np.ndarray, chroma: np.ndarray | None = None, *,
+            mirrored: bool = False) -> Prepared:
+    """A (S, S) uint8 thumb and its optional (8, 8, 2) uint8 chroma grid, ready to compare."""
+    grey = thumb.astype(np.float32)
+    if mirrored:
+        grey = np.ascontiguousarray(grey[:, ::-1])
+    smooth = cv2.GaussianBlur(grey, (0, 0), _BAND[0])
+    band = smooth - cv2.GaussianBlur(grey, (0, 0), _BAND[1])
+    fine = cv2.GaussianBlur(grey, (0, 0), _FINE_BAND[0]) - cv2.GaussianBlur(grey, (0, 0),
+                                                                           _FINE_BAND[1])
+    whole = np.ones((_S, _S), bool)
+    colour_grid = None
+    colour = 0.0
+    if chroma is not None:
+        c = chroma.astype(np.float32) - 128.0
+        if mirrored:
+            c = c[:, ::-1]
+        colour_grid = cv2.resize(np.ascontiguousarray(c), (_S, _S), interpolation=cv2.INTER_LINEAR)
+        colour = float(np.sqrt(np.mean(c * c)))
+    return Prepared(grey=grey, band=band, smooth=smooth, chroma=colour_grid,
+                    samples=_samples(band, whole), structure=float(_deplane(smooth, whole).std()),
+                    texture=float(fine.std()), colour=colour)
+
+
+def _samples(band: np.ndarray, mask: np.ndarray) -> float:
+    """Independent samples in a band-passed field: area / correlation area (1/ℓ² from the
+    ratio of gradient to signal variance, as for a Gaussian random field)."""
+    values = band[mask]
+    var = float(values.var())
+    if var < 1e-9:
+        return 0.0
+    gy, gx = np.gradient(band)
+    density = float((gx[mask] ** 2 + gy[mask] ** 2).mean()) / (2.0 * var)
+    return float(mask.sum()) * density / (2.0 * np.pi)
+
+
+_PLANE = np.stack([np.ones((_S, _S), np.float32),
+                   *np.meshgrid(np.linspace(-1, 1, _S, dtype=np.float32),
+                                np.linspace(-1, 1, _S, dtype=np.float32), indexing="xy")], -1)
+
+
+def _deplane(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values[mask]`` less their least-squares plane (1-D)."""
+    basis = _PLANE[mask]
+    coef, *_ = np.linalg.lstsq(basis, values[mask], rcond=None)
+    return values[mask] - basis @ coef
+
+
+# --------------------------------------------------------------------------------------------
+# One alignment
+
+
+def _warp_ok(warp: np.ndarray, inside: np.ndarray, bars: Bars) -> bool:
+    linear = warp[:, :2]
+    covered = float(inside.mean())  # of the template, by the query
+    coverage = max(covered, min(1.0, covered * abs(float(np.linalg.det(linear)))))
+    return bool(bars.scale_range[0] <= min(linear[0, 0], linear[1, 1])
+                and max(linear[0, 0], linear[1, 1]) <= bars.scale_range[1]
+                and max(abs(linear[0, 1]), abs(linear[1, 0])) <= bars.max_shear
+                and coverage >= bars.min_coverage)
+
+
+def _cells(x: np.ndarray) -> np.ndarray:
+    c = _S // _CELLS
+    return x.reshape(_CELLS, c, _CELLS, c)
+
+
+def _cell_median_correlation(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
+    """Median over the grid cells (at least half valid) of the correlation of a and b there."""
+    m = _cells(valid.astype(np.float32))
+    u, w = _cells(a * valid), _cells(b * valid)
+    count = m.sum(axis=(1, 3))
+    safe = np.maximum(count, 1.0)
+    su, sw = u.sum(axis=(1, 3)), w.sum(axis=(1, 3))
+    cov = (u * w).sum(axis=(1, 3)) - su * sw / safe
+    var_u = (u * u).sum(axis=(1, 3)) - su * su / safe
+    var_w = (w * w).sum(axis=(1, 3)) - sw * sw / safe
+    norm = np.sqrt(np.maximum(var_u, 0.0) * np.maximum(var_w, 0.0))
+    corr = np.where(norm > 1e-9, cov / np.maximum(norm, 1e-9), 0.0)
+    used = count >= 0.5 * (_S // _CELLS) ** 2
+    return float(np.median(corr[used])) if used.any() else 0.0
+
+
+def _align(query: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    return cv2.warpAffine(query, warp, (_S, _S), flags=_FLAGS, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _inside(warp: np.ndarray) -> np.ndarray:
+    return cv2.warpAffine(np.ones((_S, _S), np.float32), warp, (_S, _S), flags=_FLAGS,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.99
+
+
+def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = BARS, *,
+            full: bool = True) -> Evidence:
+    """The evidence of ``query`` warped onto ``template`` by ``warp`` ((2, 3), inverse map).
+
+    With ``full=False`` the coarse measures are skipped when the fine band already decides.
+    """
+    inside = _inside(warp)
+    if inside.sum() < _S * _S // 4 or not _warp_ok(warp, inside, bars):
+        return Evidence(plausible=False)
+    aligned = _align(query.grey, warp)
+    smooth = cv2.GaussianBlur(aligned, (0, 0), _BAND[0])
+    band = smooth - cv2.GaussianBlur(aligned, (0, 0), _BAND[1])
+    fine = _cell_median_correlation(template.band, band, inside)
+    samples = min(template.samples, query.samples) * float(inside.mean())
+    z = float(np.arctanh(min(max(fine, -0.9999), 0.9999)) * np.sqrt(max(samples - 3.0, 1.0)))
+    colour_error = _colour_error(template, query, warp, inside, bars)
+    if not full and fine >= bars.min_score and z >= bars.min_z:
+        return Evidence(True, fine, z, colour_error=colour_error)
+    # Photometric relation: one smooth monotone intensity map (quadratic: gamma bends it),
+    # judged by its median cell residual.
+    t, a = template.smooth[inside], smooth[inside]
+    scale = float(t.std())
+    if scale < 1e-6:
+        return Evidence(True, fine, z, r2=0.0, residual=float("inf"), structure=0.0, rho=0.0,
+                        colour_error=colour_error)
+    u = (t - t.mean()) / scale
+    basis = np.stack([np.ones_like(u), u, u * u], 1)
+    coef, *_ = np.linalg.lstsq(basis, a, rcond=None)
+    slope = coef[1] + 2.0 * coef[2] * u  # d a / d u along the template's range
+    gain = float(slope.mean()) / scale  # grey levels of a per grey level of the template
+    if gain <= 1e-3 or float(slope.min()) <= 0.0:  # not a monotone brightening/darkening
+        return Evidence(True, fine, z, r2=0.0, residual=float("inf"), structure=0.0, rho=0.0,
+                        colour_error=colour_error)
+    mapped = basis @ coef
+    residual_map = np.zeros((_S, _S), np.float32)
+    residual_map[inside] = a - mapped
+    per_cell = _cells(residual_map ** 2).sum(axis=(1, 3))
+    counts = _cells(inside.astype(np.float32)).sum(axis=(1, 3))
+    used = counts >= 0.5 * (_S // _CELLS) ** 2
+    cell_ms = per_cell[used] / counts[used] if used.any() else np.array([np.inf])
+    residual_a = float(np.sqrt(np.median(cell_ms)))
+    var_a = float(a.var())
+    r2 = 1.0 - residual_a ** 2 / var_a if var_a > 1e-9 else 0.0
+    # Structure: what is left of each (the template through the map) once its plane is removed,
+    # and how the two correlate.
+    mapped_full = np.zeros((_S, _S), np.float32)
+    mapped_full[inside] = mapped
+    d_t, d_a = _deplane(mapped_full, inside), _deplane(smooth, inside)
+    structure = min(float(d_t.std()), float(d_a.std())) / gain
+    norm = float(np.sqrt((d_t * d_t).sum() * (d_a * d_a).sum()))
+    rho = float((d_t * d_a).sum() / norm) if norm > 1e-9 else 0.0
+    return Evidence(True, fine, z, r2=r2, residual=residual_a / gain, structure=structure,
+                    rho=rho, colour_error=colour_error)
+
+
+def _colour_error(template: Prepared, query: Prepared, warp: np.ndarray, inside: np.ndarray,
+                  bars: Bars) -> float | None:
+    """RMS of the query's colour less one gain × the template's, as a share of the query's
+    colour; None when either image is (nearly) grey."""
+    if (template.chroma is None or query.chroma is None
+            or min(template.colour, query.colour) < bars.min_colour):
+        return None
+    c_a = cv2.warpAffine(query.chroma, warp, (_S, _S), flags=_FLAGS,
+                         borderMode=cv2.BORDER_REPLICATE)[inside]
+    c_t = template.chroma[inside]
+    gain = float((c_t * c_a).sum() / max(float((c_t * c_t).sum()), 1e-9))
+    gain = min(max(gain, 0.3), 3.0)  # saturation changes by contrast, brightness, gamma
+    rest = c_a - gain * c_t
+    return float(np.sqrt((rest * rest).mean() / max(float((c_a * c_a).mean()), 1e-9)))
+
+
+def decide(ev: Evidence, distance: int, bars: Bars = BARS) -> Verdict:
+    """The verdict of one alignment's evidence (see module doc)."""
+    if not ev.plausible:
+        return Verdict(REJECTED, "warp", 0.0)
+    colour = ev.colour_error
+    if ev.fine >= bars.min_score and ev.z >= bars.min_z:  # clipping may spoil the colour
+        return Verdict(DUPLICATE, "fine", float(ev.fine))
+    if colour is not None and colour > bars.max_colour_error_coarse:
+        return Verdict(REJECTED, "colour", float(ev.fine))
+    if ev.r2 >= bars.min_r2 and ev.residual <= bars.max_residual:
+        grey = colour is None  # no colour to tell smooth look-alikes apart: a stricter bar
+        min_rho = bars.min_rho_grey if grey else bars.min_rho
+        if (ev.structure >= bars.min_structure and ev.rho >= min_rho
+                and (not grey or ev.residual <= bars.max_residual_grey)):
+            return Verdict(DUPLICATE, "coarse", float(ev.rho))
+        if distance == 0 and ev.rho >= max(min_rho, bars.min_rho_at_zero) and not grey:
+            return Verdict(DUPLICATE, "coarse", float(ev.rho))
+        if (not grey and colour <= bars.max_colour_error_flat
+                and ev.residual <= bars.max_residual_flat):
+            return Verdict(DUPLICATE, "colour", float(ev.rho))
+        return Verdict(UNCERTAIN, "flat", float(ev.rho))
+    score = ev.fine if np.isfinite(ev.fine) else 0.0
+    return Verdict(REJECTED, "none", float(score))
+
+
+# --------------------------------------------------------------------------------------------
+# One pair
+
+
+@dataclass(frozen=True)
+class Start:
+    """An initial alignment of a pair: ``warp`` from ``template`` to ``query`` (mirrored or not,
+    as the hash that proposed it), and that hash's ``distance``."""
+
+    template: Prepared
+    query: Prepared
+    warp: np.ndarray
+    distance: int
+
+
+def refine(template: Prepared, query: Prepared, warp: np.ndarray) -> np.ndarray | None:
+    """The warp refined by ``cv2.findTransformECC`` (affine), or None if it does not converge."""
+    try:
+        _, refined = cv2.findTransformECC(template.grey, query.grey, warp.copy(),
+                                          cv2.MOTION_AFFINE, _ECC_CRITERIA, None, _ECC_GAUSS)
+    except cv2.error:  # no convergence: the images do not correlate
+        return None
+    return refined
+
+
+def verify_pair(starts: list[Start], bars: Bars = BARS) -> tuple[int, Verdict]:
+    """Judge the pair at each start; if none makes it a duplicate, refine the most promising
+    one with ECC and judge again. Returns the index of the deciding start (0 when rejected) and
+    the verdict; uncertain outranks rejected."""
+    tried: list[tuple[Verdict, Evidence, int]] = []
+    for i, start in enumerate(starts):
+        ev = measure(start.template, start.query, start.warp, bars, full=False)
+        verdict = decide(ev, start.distance, bars)
+        if verdict.duplicate:
+            return i, verdict
+        tried.append((verdict, ev, i))
+    verdict, ev, i = max(tried, key=lambda t: (_RANK[t[0].verdict], t[0].score))
+    if ev.plausible and (ev.fine > 0.0 or ev.r2 >= bars.min_r2):
+        start = starts[i]
+        warp = refine(start.template, start.query, start.warp)
+        if warp is not None:
+            second = decide(measure(start.template, start.query, warp, bars, full=False),
+                            start.distance, bars)
+            if (_RANK[second.verdict], second.score) > (_RANK[verdict.verdict], verdict.score):
+                verdict = second
+    return (i, verdict) if verdict.verdict != REJECTED else (0, verdict)
