@@ -8,7 +8,6 @@ or quarantined with a reason (its bytes kept in the quarantine store). Nothing r
 from __future__ import annotations
 
 import io
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -143,7 +142,9 @@ def _quarantine(result: BatchResult, qstore: ObjectStore, rel: str, reason: str,
 def _ingest_mask(root: Path, item: SourceItem, image_id: str, size: tuple[int, int],
                  store: ObjectStore, qstore: ObjectStore, max_pixels: int,
                  result: BatchResult) -> None:
-    assert item.mask_path and item.mask_kind
+    """Store the mask beside an image; the caller calls this only for items that have one."""
+    if not (item.mask_path and item.mask_kind):
+        raise ValueError(f"{item.rel_path} has no mask to ingest")  # a caller's bug, not input
     path = root / item.mask_path
     sig = file_signature(path)
     data = path.read_bytes()
@@ -233,7 +234,3 @@ def quarantine_orphans(root: Path, orphans: Sequence[OrphanMask], quarantine_roo
                     f"{o.kind} mask without an image of the same name", file_signature(p),
                     p.read_bytes())
     return result
-
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
