@@ -1,41 +1,8 @@
 """A small, realistic, deterministic sample of the four source layouts, with its ground truth.
 
-:func:`write_sample` builds, from photos shipped with scikit-image/scikit-learn and real CUHK mask
-shapes bundled in ``pipeline/sample_data/cuhk_masks``, without any download::
-
-    dest/cuhk/image/{motion,out_of_focus}NNNN.jpg|JPG, dest/cuhk/gt/<stem>.png
-    dest/msra10k/MSRA10K_Imgs_GT/Imgs/<id>.jpg + <id>.png (saliency mask)
-    dest/dut-omron/DUT-OMRON-image/*.jpg (+ pixelwiseGT-new-PNG/*.png for some)
-    dest/extra/…                     odd-but-valid images for a ``folder`` source
-    dest/hidden_masks/<source>/<rel>.png  true blur masks of the distinct candidates (no source)
-    dest/truth.json                  what a correct ingest + dedup must find
-
-The distinct candidate photos of msra10k and dut-omron are blur composites made exactly like the
-references (a real CUHK mask shape, its region blurred with a defocus disk or a motion kernel, the
-rest sharp), so that people (or, in the demo, :mod:`blurset.pipeline.demo.simulate`) have blur to paint. Their
-true masks live outside every source root, where no ingest sees them.
-
-Every path in ``truth.json`` is ``<source>/<path relative to that source's root folder>``, which is
-also the path relative to ``dest`` (the roots are ``dest/<source>``); hidden masks are named by
-their path relative to ``dest`` too. Its keys:
-
-- ``references``: the CUHK images (``path``, ``mask``, ``blur_type``, ``photo``, ``kernel``).
-- ``images``: every candidate file (msra10k, dut-omron, extra; saliency masks are not images) with
-  its ``photo`` (``retina@x,y,w,h``, ``flat-sky-00``; null for non-images) and ``role``
-  (``distinct``, ``planted``, ``candidate_copy``, ``exact_duplicate``, ``crop_pair``, ``flat``,
-  ``odd``, ``bad``). Two files with the same ``photo`` show the same photo: duplicates.
-- ``planted_pairs`` (candidate → reference), ``candidate_pairs`` (dut-omron → msra10k), each with
-  ``transform`` (a :data:`blurset.pipeline.demo.transforms.TRANSFORMS` key) and the ``steps`` applied;
-  ``exact_duplicates`` (byte-identical ``a``/``b``); ``must_not_match`` (look-alike pairs of
-  different photos, with ``why``).
-- ``bad_files``: special files with the expected ingest outcome: ``quarantine`` with a ``reason``
-  keyword (``truncated``, ``not an image``, ``empty``, ``pixel limit``, ``mask size``), or
-  ``ingest`` for odd-but-valid ones (``cmyk``, ``16-bit``, ``palette``, ``alpha``,
-  ``grayscale``, ``exif``, ``nested``) with the upright ``width`` and ``height``.
-- ``hidden_masks``: the true blur mask of every distinct msra10k/dut-omron candidate (and of the
-  byte-identical copy of one of them): ``image`` (its truth path), ``mask``
-  (``hidden_masks/<image path with .png>``; mode L, 255 = blurred, the image's size),
-  ``blur_type`` (``defocus`` | ``motion``), ``mask_shape`` (the CUHK mask used) and ``kernel``.
+:func:`write_sample` builds it from photos shipped with scikit-image/scikit-learn and the CUHK mask
+shapes bundled in ``sample_data/cuhk_masks`` (no download). The folder layout and the keys of
+``truth.json`` are described in ``docs/sample.md``.
 """
 
 from __future__ import annotations
