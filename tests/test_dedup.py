@@ -22,6 +22,7 @@ from blurset.pipeline.demo.transforms import (
 )
 from blurset.pipeline.stages.dedup import HashRecord, Match, find_duplicates
 from blurset.pipeline.stages.dedup import search as dedup
+from blurset.pipeline.stages.dedup.verify import prepare
 from blurset.pipeline.stages.hashing import ImageHashes, hash_opened
 
 REFERENCE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
@@ -187,3 +188,180 @@ def test_range_search_equals_numpy_brute_force():
     expected = sorted((int(i), int(k), int(j), int(d[i, k, j]))
                       for i, k, j in zip(*np.nonzero(d <= 12), strict=True) if i != j)
     assert got == expected and len(expected) > 100
+
+
+# --------------------------------------------------------------------------------------------
+# Smooth images, the uncertain verdict, people's decisions
+
+
+def smooth_field(rng: np.random.Generator, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth colour photo stand-in: a two-colour gradient with low-frequency colour shading."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (0.6 * xx / w + 0.4 * yy / h)[..., None]
+    a, b = rng.uniform(40, 220, size=(2, 3))
+    field = a * (1 - ramp) + b * ramp
+    shade = np.asarray(Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8))
+                       .resize((w, h), Image.Resampling.BICUBIC), np.float32)
+    field += 0.25 * (shade - 128)
+    return Image.fromarray(np.clip(np.rint(field), 0, 255).astype(np.uint8), "RGB")
+
+
+def verdict_of(matches: list[Match], a: str, b: str) -> str | None:
+    for m in matches:
+        if {m.candidate, m.reference} == {a, b}:
+            return m.verdict
+    return None
+
+
+@pytest.mark.parametrize("edit", ["brighter20", "blur1", "reencode"])
+def test_copies_of_a_smooth_photo_are_found(edit):
+    from PIL import ImageEnhance, ImageFilter
+    rng = np.random.default_rng(11)
+    original = smooth_field(rng)
+    copy = {"brighter20": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
+            "blur1": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
+            "reencode": lambda im: Image.open(io.BytesIO(encode_jpeg(im, 70))).convert("RGB"),
+            }[edit](original)
+    ref, cand = record("smooth", original, 92), record(f"smooth~{edit}", copy)
+    assert ref.hashes.chroma is not None and prepare(ref.hashes.thumb).texture < 0.75  # smooth
+    (m,) = find_duplicates([ref], [cand])
+    assert m.verdict == "duplicate", m
+
+
+def test_distinct_smooth_colour_fields_are_kept_apart():
+    """Random 8×8 colour fields upscaled to 96×72: the search pairs some, none is a duplicate."""
+    rng = np.random.default_rng(5)
+    fields = [record(f"field-{i}", Image.fromarray(
+        rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((96, 72),
+                                                               Image.Resampling.BICUBIC))
+              for i in range(400)]
+    matches = find_duplicates([], fields)
+    assert matches  # the hash search does pair some of them
+    assert not [m for m in matches if m.verdict == "duplicate"]
+
+
+RAMP = np.tile(np.linspace(60, 200, 320, dtype=np.float32), (240, 1))  # grey, left to right
+
+
+def png_record(key: str, pixels: np.ndarray) -> HashRecord:
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(pixels).astype(np.uint8), "L").save(buffer, format="PNG")
+    with Image.open(buffer) as im:
+        return HashRecord(key, hash_opened(im))
+
+
+def test_a_pair_with_nothing_to_compare_is_uncertain():
+    """A grey linear gradient and a darker copy, aligned: no colour, no structure beyond the
+    plane, nothing to tell a copy from another gradient. (A pure ramp's hash bits are float
+    noise, so the pair is judged directly, as the search would hand it over.)"""
+    from blurset.pipeline.stages.dedup import verify
+    ramp, darker = png_record("ramp", RAMP), png_record("ramp~darker", RAMP * 0.8)
+    whole = dedup.initial_warp(0)
+    start = verify.Start(prepare(ramp.hashes.thumb), prepare(darker.hashes.thumb), whole, 0)
+    _, verdict = verify.verify_pair([start])
+    assert (verdict.verdict, verdict.evidence) == ("uncertain", "flat")
+
+
+@pytest.fixture
+def decided_workspace(tmp_path):
+    """A catalog with a reference source (a grey gradient) and a candidate source (its pixels
+    saved again, and an unrelated photo): the copy is uncertain to the verifier."""
+    from blurset.pipeline.stages.ingest import ingest_batch
+    from blurset.pipeline.stages.sources import scan_source
+    from blurset.pipeline.workspace import Workspace
+
+    ramp = Image.fromarray(np.rint(RAMP).astype(np.uint8), "L")
+    for folder in ("ref", "cand"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    ramp.save(tmp_path / "ref" / "ramp.png")
+    ramp.save(tmp_path / "cand" / "ramp_dark.png", compress_level=1)  # other bytes, same pixels
+    first = distinct_crops(photo_pool(), np.random.default_rng(0))[0][1]
+    first.save(tmp_path / "cand" / "photo.jpg", quality=90)
+    ws = Workspace.open(tmp_path / "ws")
+    catalog = ws.catalog()
+    for name in ("ref", "cand"):
+        src = tmp_path / name
+        catalog.register_source(name, "folder", str(src))
+        res = ingest_batch(src, scan_source("folder", src).items, ws.objects.root,
+                           ws.quarantine_store.root)
+        catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
+    return ws, catalog
+
+
+def rerun(catalog):
+    from blurset.pipeline.stages.dedup.run import run_dedup
+    out = run_dedup(catalog, "ref")
+    catalog.replace_findings("ref", None, {}, out.summary, out.findings, out.exclusions)
+    return out
+
+
+def test_decisions_override_the_verifier_and_survive_reruns(decided_workspace):
+    from blurset.pipeline.stages.dedup.run import Decision, record_decisions
+    _ws, catalog = decided_workspace
+    out = rerun(catalog)
+    (f,) = out.findings
+    assert f["decided"] is None and out.summary["decided"] == 0
+
+    record_decisions(catalog, [Decision("cand/ramp_dark.png", "ref/ramp.png", "distinct")])
+    for _ in range(2):  # the decision holds in every later run
+        out = rerun(catalog)
+        (f,) = out.findings
+        assert (f["verdict"], f["decided"], out.summary["decided"]) == ("rejected", "distinct", 1)
+        assert f["method"].endswith("+person")
+        assert catalog.excluded_paths() == []
+
+    record_decisions(catalog, [Decision("ref/ramp.png", "cand/ramp_dark.png", "duplicate")])
+    (f,) = rerun(catalog).findings
+    assert (f["verdict"], f["decided"]) == ("duplicate", "duplicate")
+    assert [p["rel_path"] for p in catalog.excluded_paths()] == ["ramp_dark.png"]
+
+
+def test_uncertain_pairs_are_kept_out_of_both_lists(decided_workspace, monkeypatch):
+    from blurset.pipeline.stages.dedup import run as stage
+    _ws, catalog = decided_workspace
+
+    def uncertain(refs, cands, **kw):
+        return [Match(cands[0].key, refs[0].key, 0, "phash+flat", 0.0, "uncertain")]
+
+    monkeypatch.setattr(stage, "find_duplicates", uncertain)
+    out = rerun(catalog)
+    assert out.summary["uncertain"] == 1 and out.summary["duplicates"] == 0
+    assert catalog.excluded_paths() == [] and catalog.findings("uncertain")
+
+
+def test_a_duplicate_decision_adds_a_pair_the_search_missed(decided_workspace):
+    from blurset.pipeline.stages.dedup.run import Decision, record_decisions
+    _ws, catalog = decided_workspace
+    record_decisions(catalog, [Decision("cand/photo.jpg", "ref/ramp.png", "duplicate")])
+    found = {f["candidate_path"]: f for f in rerun(catalog).findings}
+    assert found["photo.jpg"]["verdict"] == "duplicate"
+    assert found["photo.jpg"]["method"] == "person"
+
+
+def test_decide_verb_and_csv_form(decided_workspace, tmp_path):
+    from click.testing import CliRunner
+
+    from blurset.pipeline.cli.main import cli
+    ws, catalog = decided_workspace
+    listed = "--rejected" if rerun(catalog).findings[0]["verdict"] == "rejected" else None
+    run = CliRunner().invoke
+    r = run(cli, ["-w", str(ws.root), "dups", *([listed] if listed else [])])
+    assert r.exit_code == 0 and "ramp_dark.png" in r.output, r.output
+    report = tmp_path / "decisions.csv"
+    lines = r.output.strip().splitlines()
+    report.write_text("\n".join([lines[0] + ",decision", lines[1] + ",distinct"]) + "\n")
+    r = run(cli, ["-w", str(ws.root), "dedup", "decide", "--csv", str(report)])
+    assert r.exit_code == 0 and "1 decision" in r.output, r.output
+    assert rerun(catalog).findings[0]["verdict"] == "rejected"
+    r = run(cli, ["-w", str(ws.root), "dedup", "decide", "cand/ramp_dark.png", "ref/ramp.png",
+                  "duplicate"])
+    assert r.exit_code == 0, r.output
+    assert rerun(catalog).findings[0]["verdict"] == "duplicate"
+    r = run(cli, ["-w", str(ws.root), "dups", "--uncertain"])
+    assert r.exit_code == 0 and "ramp_dark.png" not in r.output
+    r = run(cli, ["-w", str(ws.root), "dedup", "decide", "cand/nope.jpg", "ref/ramp.png",
+                  "distinct"])
+    assert r.exit_code == 1 and "no image 'cand/nope.jpg'" in r.output
+    r = run(cli, ["-w", str(ws.root), "dedup"])
+    assert r.exit_code == 2 and "--reference" in r.output

@@ -1,4 +1,5 @@
-"""Data verbs: ``sample``, ``synth``, ``ingest``, ``dedup``, ``dups``, ``quarantine``, ``status``."""
+"""Data verbs: ``sample``, ``synth``, ``ingest``, ``dedup`` (and ``dedup decide``), ``dups``,
+``quarantine``, ``status``."""
 
 from __future__ import annotations
 
@@ -69,20 +70,54 @@ def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path:
                f"Catalog: {s.catalog_images} images under {s.catalog_paths} paths.")
 
 
-@click.command()
-@click.option("--reference", required=True, help="Name of the reference source (e.g. cuhk).")
+@click.group(invoke_without_command=True)
+@click.option("--reference", help="Name of the reference source (e.g. cuhk); required to run.")
 @click.option("--threshold", type=click.IntRange(min=0), default=None,
               help="Hamming distance for hash candidates (default: the method's own).")
 @pass_ctx
-def dedup(c: Ctx, reference: str, threshold: int | None) -> None:
-    """Find candidates that duplicate the reference source or each other; exclude them."""
+@click.pass_context
+def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | None) -> None:
+    """Find candidates that duplicate the reference source or each other; exclude them.
+
+    `dedup decide` records a person's decision on a pair instead (applied by every later run).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if reference is None:
+        raise click.UsageError("Missing option '--reference' (or give a subcommand: decide).")
     s = c.flows.dedup_flow(c.ws.root, reference, threshold=threshold,
                            catalog_url=c.ws.catalog_url)
     methods = ", ".join(f"{k}: {v}" for k, v in s.by_method.items()) or "none"
     click.echo(f"dedup against {reference}: {s.candidate_images} candidate images checked "
                f"against {s.reference_images} reference images; {s.duplicates} duplicate pairs "
-               f"({methods}), {s.rejected_lookalikes} look-alikes rejected by verification; "
-               f"{s.excluded_paths} candidate paths excluded.")
+               f"({methods}), {s.rejected_lookalikes} look-alikes rejected by verification, "
+               f"{s.uncertain} uncertain pairs left to a person (`blurset dups --uncertain`), "
+               f"{s.decided} set by people's decisions; {s.excluded_paths} candidate paths "
+               f"excluded.")
+
+
+@dedup.command(name="decide")
+@click.argument("candidate", required=False)
+@click.argument("reference", required=False)
+@click.argument("decision", required=False, type=click.Choice(["duplicate", "distinct"]))
+@click.option("--csv", "csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Decisions in bulk: candidate,reference,decision columns, or the "
+                   "`blurset dups --uncertain` report with a decision column added.")
+@pass_ctx
+def decide(c: Ctx, candidate: str | None, reference: str | None, decision: str | None,
+           csv_file: Path | None) -> None:
+    """Record that CANDIDATE and REFERENCE (SOURCE/PATH as `blurset dups` prints them) are a
+    duplicate or distinct; the next `blurset dedup --reference …` run applies it."""
+    from blurset.pipeline.stages.dedup.run import Decision, read_decisions_csv, record_decisions
+    given = [candidate, reference, decision]
+    if csv_file is None and None in given:
+        raise click.UsageError("give CANDIDATE REFERENCE duplicate|distinct, or --csv FILE")
+    if csv_file is not None and any(v is not None for v in given):
+        raise click.UsageError("give either CANDIDATE REFERENCE DECISION or --csv FILE, not both")
+    decisions = (read_decisions_csv(csv_file) if csv_file is not None
+                 else [Decision(str(candidate), str(reference), str(decision))])
+    n = record_decisions(c.ws.catalog(), decisions)
+    click.echo(f"{n} decision(s) recorded; run `blurset dedup --reference …` to apply them.")
 
 
 @click.command()
@@ -90,17 +125,21 @@ def dedup(c: Ctx, reference: str, threshold: int | None) -> None:
               show_default=True)
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a contact sheet PNG of the pairs.")
-@click.option("--rejected", is_flag=True,
+@click.option("--rejected", "which", flag_value="rejected",
               help="List the look-alikes that verification rejected instead.")
+@click.option("--uncertain", "which", flag_value="uncertain",
+              help="List the pairs left to a person instead (decide them with "
+                   "`blurset dedup decide`).")
 @pass_ctx
-def dups(c: Ctx, fmt: str, sheet: Path | None, rejected: bool) -> None:
+def dups(c: Ctx, fmt: str, sheet: Path | None, which: str | None) -> None:
     """Print the duplicate pairs found by the last dedup run."""
     from blurset.pipeline.stages.dedup.run import contact_sheet, report
     catalog = c.ws.catalog()
-    found = catalog.findings("rejected" if rejected else "duplicate")
+    kind = which or "duplicate"
+    found = catalog.findings(kind)
     click.echo(report(found, fmt), nl=False)
     if sheet:
-        out = contact_sheet(catalog, c.ws.objects, found, sheet)
+        out = contact_sheet(catalog, c.ws.objects, found, sheet, kind=kind)
         click.echo(f"contact sheet: {out.resolve()}", err=True)
 
 
