@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -238,4 +239,8 @@ def _provenance(catalog: Catalog, rows: Sequence[Candidate], dropped: Sequence[D
                  "dropped": [{"reference": r, "method": m, "count": n}
                              for (r, m), n in sorted(by_ref.items())],
                  "total": sum(by_ref.values())}
+        # People's decisions on pairs the verifier found uncertain (or overruled): counted.
+        summary = json.loads(run["summary"] or "{}")
+        dedup["uncertain"] = summary.get("uncertain", 0)
+        dedup["decisions"] = dict(Counter(d["decision"] for d in catalog.decisions().values()))
     return {"sources": sources, "dedup": dedup}
