@@ -14,7 +14,7 @@ from typing import Any
 from blurset.fileio import fsync_dir
 from blurset.model.release_format import DATA_DIR, MANIFEST, MANIFEST_SUM
 from blurset.pipeline.release.errors import ReleaseError
-from blurset.pipeline.release.verify import verify_release
+from blurset.pipeline.release.verify import manifest_problems, verify_release
 
 
 def publish_release(path: str | os.PathLike, url: str, *,
@@ -30,10 +30,17 @@ def publish_release(path: str | os.PathLike, url: str, *,
     from fsspec.implementations.local import LocalFileSystem
 
     path = Path(path)
+    _refuse_unsafe(path)
     verify_release(path).raise_for_problems()
     manifest = json.loads((path / MANIFEST).read_bytes())
+    if problems := manifest_problems(path, manifest):  # changed since it was verified
+        raise ReleaseError(f"{path / MANIFEST}: {problems[0][1]}; nothing was published")
     name, version = manifest["name"], manifest["version"]
-    fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    try:
+        fs, base = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except (ValueError, ImportError) as e:
+        raise ReleaseError(f"cannot publish to {url!r}: {e}; give a folder or a URL such as "
+                           "s3://bucket/prefix") from None
     base = base.rstrip("/")
     dest = f"{base}/{name}/{version}"
     shown = f"{url.rstrip('/')}/{name}/{version}"
@@ -56,6 +63,18 @@ def publish_release(path: str | os.PathLike, url: str, *,
                                "publish again to complete it")
     fs.put_file(str(path / MANIFEST), f"{dest}/{MANIFEST}")
     return shown
+
+
+def _refuse_unsafe(path: Path) -> None:
+    """One line naming the first manifest entry that would read or write outside the release."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return  # verify_release reports it
+    if problems := manifest_problems(path, manifest):
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ReleaseError(f"{path / MANIFEST}: {problems[0][1]}{more}; the release is refused "
+                           "and nothing was read or published")
 
 
 def _copy_local(path: Path, final: Path, files: list[str]) -> None:

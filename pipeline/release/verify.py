@@ -6,18 +6,20 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from blurset.model.release_format import BLUR_TYPES, MANIFEST, MANIFEST_SUM, SCHEMA, shard_split
-from blurset.pipeline.release.errors import ReleaseVerificationError
+from blurset.pipeline.release.errors import ReleaseError, ReleaseVerificationError
 from blurset.pipeline.release.shards import sha256_file
+from blurset.pipeline.release.versions import validate_name, validate_version
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ def verify_release(path: str | os.PathLike) -> VerifyReport:
     except (ValueError, KeyError, TypeError) as e:
         report.add(MANIFEST, f"not a release manifest: {e}")
         return report
+    if unsafe := manifest_problems(path, manifest):
+        for file, message in unsafe:  # an untrusted manifest: nothing it names is read
+            report.add(file, message)
+        return report
 
     names = {MANIFEST, MANIFEST_SUM}
     for entry in listed:
@@ -92,9 +98,10 @@ def verify_release(path: str | os.PathLike) -> VerifyReport:
             report.add(rel, f"{size} bytes, the manifest says {entry['bytes']}")
         if (digest := sha256_file(f)) != entry["sha256"]:
             report.add(rel, f"sha256 {digest} differs from the manifest's {entry['sha256']}")
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path).as_posix()
-        if rel not in names:
+    for rel, is_link in _tree(path):
+        if is_link:
+            report.add(rel, "a symbolic link: a release holds only regular files")
+        elif rel not in names:
             report.add(rel, "not listed in the manifest")
 
     all_ids: list[str] = []
@@ -108,6 +115,78 @@ def verify_release(path: str | os.PathLike) -> VerifyReport:
     if manifest.get("rows") != len(all_ids) and report.ok:
         report.add(MANIFEST, f"rows {manifest.get('rows')} but the shards hold {len(all_ids)}")
     return report
+
+
+def _tree(root: Path) -> list[tuple[str, bool]]:
+    """Every file and symbolic link under ``root`` (links not followed): (relative path, is a
+    link), sorted."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        for d in list(dirs):
+            if (here / d).is_symlink():
+                dirs.remove(d)
+                files.append(d)
+        for f in files:
+            found.append(((here / f).relative_to(root).as_posix(), (here / f).is_symlink()))
+    return sorted(found)
+
+
+def unsafe_path(root: Path, rel: object) -> str | None:
+    """Why a path listed in a manifest may not be used, or None: it must be a normalised
+    relative POSIX path inside ``root`` (no ``..``, ``.``, empty or absolute part, no backslash)
+    whose every existing part is a real folder or file, not a symbolic link."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a file path"
+    if rel.startswith("/") or "\\" in rel or "\0" in rel or ":" in rel.split("/")[0]:
+        return "is not a relative path inside the release"
+    parts = PurePosixPath(rel).parts
+    if any(p in ("", ".", "..") for p in rel.split("/")) or "/".join(parts) != rel:
+        return "is not a normalised path inside the release (no '..', '.' or empty part)"
+    here = root
+    for part in parts:
+        here = here / part
+        try:
+            mode = here.lstat().st_mode
+        except OSError:
+            return None  # missing: reported as missing by the caller
+        if stat.S_ISLNK(mode):
+            return "goes through a symbolic link: a release holds only regular files"
+    return None
+
+
+def manifest_problems(root: Path, manifest: object) -> list[tuple[str, str]]:
+    """What makes an untrusted manifest unusable before any file it names is opened: a name or
+    version that ``release build`` would refuse, an entry that is not path + bytes + sha256, a
+    path leaving the release. (file, message) pairs."""
+    if not isinstance(manifest, dict):
+        return [(MANIFEST, "not a release manifest: not a JSON object")]
+    problems: list[tuple[str, str]] = []
+    for check, key in ((validate_name, "name"), (validate_version, "version")):
+        try:
+            check(manifest.get(key))
+        except ReleaseError as e:
+            problems.append((MANIFEST, f"{key}: {e}"))
+    for group in ("shards", "files"):
+        entries = manifest.get(group)
+        if not isinstance(entries, list):
+            problems.append((MANIFEST, f"'{group}' is not a list"))
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict):
+                problems.append((MANIFEST, f"{group} entry {entry!r} is not an object"))
+                continue
+            rel = entry.get("path")
+            if (why := unsafe_path(root, rel)) is not None:
+                problems.append((MANIFEST, f"{group} entry path {rel!r} {why}"))
+            elif rel in (MANIFEST, MANIFEST_SUM):
+                problems.append((MANIFEST, f"{group} entry path {rel!r} names the manifest"))
+            elif not (isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+                      and (group == "files" or isinstance(entry.get("rows"), int))):
+                problems.append((MANIFEST, f"{group} entry {rel!r} lacks an integer 'bytes', "
+                                           "a 'sha256' string" + (" or an integer 'rows'"
+                                                                  if group == "shards" else "")))
+    return problems
 
 
 def _verify_shard(file: Path, entry: Mapping, report: VerifyReport) -> list[str]:

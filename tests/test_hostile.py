@@ -1,0 +1,162 @@
+"""Hostile and careless input (issue 11): received releases, names and export paths, numeric
+options, silent drops, and the one-line errors. Each test failed on main before its fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import jpeg_bytes, photo, png_bytes
+from PIL import Image
+
+from blurset.pipeline import release as R
+from blurset.pipeline.cli.main import cli
+from blurset.pipeline.stages.ingest import ingest_batch
+from blurset.pipeline.stages.sources import scan_source
+from blurset.pipeline.workspace import Workspace
+
+# --------------------------------------------------------------------------------------------
+# A small CUHK-layout source, ingested, and one release of it
+
+
+def write_cuhk(root: Path, n: int = 4) -> Path:
+    (root / "image").mkdir(parents=True)
+    (root / "gt").mkdir()
+    for i in range(n):
+        stem = f"{'motion' if i % 2 else 'out_of_focus'}{i:04d}"
+        im = photo(i, (64, 48))
+        (root / "image" / f"{stem}.jpg").write_bytes(jpeg_bytes(im))
+        mask = np.zeros((48, 64), np.uint8)
+        mask[: 8 + 4 * i] = 255
+        (root / "gt" / f"{stem}.png").write_bytes(png_bytes(Image.fromarray(mask)))
+    return root
+
+
+def ingested(root: Path) -> Workspace:
+    src = write_cuhk(root / "cuhk")
+    ws = Workspace.open(root / "ws")
+    catalog = ws.catalog()
+    catalog.register_source("cuhk", "cuhk", str(src))
+    res = ingest_batch(src, scan_source("cuhk", src).items, ws.objects.root,
+                       ws.quarantine_store.root)
+    catalog.record_batch("cuhk", res.images, res.paths, res.masks, res.quarantined)
+    catalog.close()
+    return ws
+
+
+@pytest.fixture(scope="module")
+def small_release(tmp_path_factory) -> Path:
+    ws = ingested(tmp_path_factory.mktemp("hostile-release"))
+    catalog = ws.catalog()
+    info = R.build_release(ws, catalog, R.ReleaseSpec("small", "1.0.0", from_sources=["cuhk"],
+                                                      split="train=0.5,test=0.5"))
+    catalog.close()
+    return info.path
+
+
+def rewrite_manifest(release: Path, change) -> None:
+    """Apply ``change`` to the manifest and keep it self-consistent (its checksum updated)."""
+    manifest = json.loads((release / "manifest.json").read_text())
+    change(manifest)
+    raw = json.dumps(manifest, indent=2).encode()
+    (release / "manifest.json").write_bytes(raw)
+    (release / "manifest.json.sha256").write_text(
+        f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n")
+
+
+def copy_of(release: Path, where: Path) -> Path:
+    dest = where / "received" / "small" / "1.0.0"
+    shutil.copytree(release, dest)
+    return dest
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Severe: a received release is untrusted
+
+
+@pytest.fixture
+def secret(tmp_path) -> Path:
+    f = tmp_path / "secret.txt"
+    f.write_bytes(b"the admin password\n")
+    return f
+
+
+def _list_secret(path: str, secret: Path):
+    def change(manifest):
+        data = secret.read_bytes()
+        manifest["files"].append({"path": path, "bytes": len(data),
+                                  "sha256": hashlib.sha256(data).hexdigest()})
+    return change
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "dot", "symlink-file", "symlink-dir"])
+def test_verify_and_publish_refuse_manifest_paths_leaving_the_release(small_release, tmp_path,
+                                                                      secret, how):
+    rel = copy_of(small_release, tmp_path)
+    if how == "dotdot":
+        listed = "../../../secret.txt"
+    elif how == "absolute":
+        listed = str(secret)
+    elif how == "dot":
+        listed = "./data/../../../../secret.txt"
+    elif how == "symlink-file":
+        listed = "secret.txt"
+        (rel / "secret.txt").symlink_to(secret)
+    else:
+        listed = "outside/secret.txt"
+        (rel / "outside").symlink_to(secret.parent, target_is_directory=True)
+    rewrite_manifest(rel, _list_secret(listed, secret))
+    report = R.verify_release(rel)
+    assert not report.ok
+    assert any(listed in p.message for p in report.problems), report.problems
+
+    res = run("release", "verify", str(rel))
+    assert res.exit_code == 1
+    assert "OK" not in res.output and listed in res.output
+
+    dest = tmp_path / "dest"
+    res = run("release", "publish", str(rel), str(dest))
+    assert res.exit_code == 1
+    assert res.output.count("\n") == 1 and res.output.startswith("Error:"), res.output
+    assert repr(listed) in res.output
+    assert not dest.exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"received", "secret.txt"}
+
+
+@pytest.mark.parametrize("key,value", [("name", "../../../escaped"), ("name", "/abs"),
+                                       ("version", "../1.0.0"), ("version", "1.0.0/../../x")])
+def test_publish_refuses_a_manifest_name_or_version_build_would_refuse(small_release, tmp_path,
+                                                                      key, value):
+    rel = copy_of(small_release, tmp_path)
+    rewrite_manifest(rel, lambda m: m.__setitem__(key, value))
+    assert any(key in p.message for p in R.verify_release(rel).problems)
+    dest = tmp_path / "a" / "b" / "c" / "dest"
+    res = run("release", "publish", str(rel), str(dest))
+    assert res.exit_code == 1 and res.output.startswith("Error:")
+    assert res.output.count("\n") == 1 and repr(value) in res.output, res.output
+    assert {p.name for p in tmp_path.iterdir()} == {"received"}
+
+
+def test_verify_survives_malformed_entries(small_release, tmp_path):
+    rel = copy_of(small_release, tmp_path)
+    rewrite_manifest(rel, lambda m: m["files"].extend([{"path": "README.md"}, "just a string",
+                                                       {"path": 7, "bytes": 1, "sha256": "x"}]))
+    problems = R.verify_release(rel).problems
+    assert len(problems) == 3, problems
+    res = run("release", "verify", str(rel))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_publish_to_an_unknown_protocol_is_one_line(small_release, tmp_path):
+    res = run("release", "publish", str(small_release), "nosuchproto://x")
+    assert res.exit_code == 1
+    assert res.output.count("\n") == 1 and "nosuchproto" in res.output, res.output
