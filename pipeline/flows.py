@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from blurset.errors import BlursetError, ServiceError
-from blurset.names import slug
+from blurset.names import slug, validate_name
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.release import ReleaseInfo, ReleaseSpec, build_release
 from blurset.pipeline.stages.dedup import run as dedup_stage
@@ -112,6 +112,7 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
                 show_progress: bool = True) -> IngestSummary:
     """Ingest the folder at ``path`` (layout ``kind``) as source ``name``."""
     logger = get_run_logger()
+    validate_name(name, "source name")
     ws = Workspace.open(workspace, catalog_url)
     root = Path(path).resolve()
     scan = scan_source(kind, root)  # LayoutError before anything is written

@@ -72,6 +72,8 @@ def test_an_error_from_inside_a_flow_is_one_line(tmp_path, monkeypatch):
         raise LayoutError("x does not look like a cuhk source")
 
     monkeypatch.setattr(flows, "ingest_flow", refuses)
+    (tmp_path / "image").mkdir()  # a layout the CLI's own check (before the flow) accepts
+    (tmp_path / "image" / "motion0001.jpg").write_bytes(b"x")
     r = invoke("-w", str(tmp_path / "ws"), "ingest", "--kind", "cuhk", "--name", "x",
                str(tmp_path))
     assert r.exit_code == 1 and error_lines(r.output) == [

@@ -160,3 +160,88 @@ def test_publish_to_an_unknown_protocol_is_one_line(small_release, tmp_path):
     res = run("release", "publish", str(small_release), "nosuchproto://x")
     assert res.exit_code == 1
     assert res.output.count("\n") == 1 and "nosuchproto" in res.output, res.output
+
+
+# --------------------------------------------------------------------------------------------
+# Severe: names and export paths stay inside their folders
+
+SERVER = "http://label-studio.test"
+
+
+@pytest.mark.parametrize("name", ["../../evil", "/abs", "a/b", ".hidden", "", "a..b", "x" * 101])
+def test_ingest_refuses_a_source_name_that_is_not_a_folder_name(tmp_path, name):
+    src = write_cuhk(tmp_path / "src", n=1)
+    ws = tmp_path / "ws"
+    res = run("-w", str(ws), "ingest", "--kind", "cuhk", "--name", name, str(src))
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: source name") and res.output.count("\n") == 1, res.output
+    assert "Traceback" not in res.output
+
+
+def test_the_name_rule_is_one_rule(tmp_path):
+    from blurset.names import InvalidName, validate_name, validate_title
+    for good in ("cuhk", "szu-bd", "MSRA10K", "v1.2_x"):
+        assert validate_name(good) == good
+        assert R.validate_version("1.0.0") and R.ReleaseSpec(good, "1.0.0")
+    for bad in ("../x", "a/b", ".x", "-x", "a..b", "", None):
+        with pytest.raises(InvalidName):
+            validate_name(bad)
+        with pytest.raises(R.ReleaseError):
+            R.ReleaseSpec(bad, "1.0.0")
+    assert validate_title("blur cli") == "blur cli"
+    for bad in ("", "   ", "a\nb", "x" * 201):
+        with pytest.raises(InvalidName):
+            validate_title(bad)
+
+
+@pytest.mark.parametrize("project", ["", "  ", "bad\ntitle"])
+def test_annotate_verbs_refuse_a_bad_project_title_before_connecting(tmp_path, project,
+                                                                    monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # nothing listens there
+    for verb in ("push", "pull"):
+        res = run("-w", str(tmp_path / "ws"), "annotate", verb, "--project", project)
+        assert res.exit_code == 1 and res.output.startswith("Error: project title"), res.output
+
+
+def test_release_build_refuses_a_bad_name_before_prefect_starts(tmp_path):
+    res = run("-w", str(tmp_path / "ws"), "release", "build", "../evil", "2.0.0",
+              "--from-source", "cuhk")
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert res.output.startswith("Error: release name '../evil'"), res.output
+    assert not (tmp_path / "ws" / ".prefect").exists()
+
+
+@pytest.mark.parametrize("source,rel_path", [("../../evil", "image/x.jpg"),
+                                             ("cuhk", "../../../x.jpg"), ("cuhk", "/tmp/x.jpg")])
+def test_pull_export_stays_under_the_export_folder(tmp_path, source, rel_path):
+    """A source name or path from an older catalog cannot lead a mask out of --export."""
+    from blurset.pipeline.catalog import MaskRow
+    from blurset.pipeline.stages.ingest import encode_png
+    from blurset.pipeline.stages.labelling.pull import export_masks
+    ws = ingested(tmp_path)
+    catalog = ws.catalog()
+    image_id = catalog.paths_of("cuhk")[0]["image_id"]
+    catalog.record_tasks([{"server": SERVER, "project": "p", "project_id": 1, "task_id": 1,
+                           "image_id": image_id, "source": source, "rel_path": rel_path,
+                           "prelabel": None}])
+    mask = np.full((48, 64), 255, np.uint8)
+    obj = ws.objects.put(encode_png(mask), ".png")
+    ann = {"annotation_id": 5, "task_id": 1, "image_id": image_id, "annotator": "a",
+           "created_at": None, "updated_at": None, "lead_time": 1.0, "blur_type": None,
+           "rejected": None, "mask_object": obj, "blur_degree": 1.0, "problem": None,
+           "snapshot": "s.json"}
+    catalog.record_pull(SERVER, 1, [{"task_id": 1, "current_annotation_id": 5, "blur_type": None,
+                                     "annotators": '["a"]', "agreement_iou": None,
+                                     "status": "annotated"}], [ann],
+                        [MaskRow(image_id=image_id, rel_path=rel_path, kind="blur",
+                                 origin="annotation:p#5", object_path=obj,
+                                 original_id=hashlib.sha256(encode_png(mask)).hexdigest(),
+                                 inverted=False, blur_degree=1.0)],
+                        {image_id: (source, rel_path)})
+    out = tmp_path / "x" / "a" / "b"
+    before = sorted(p for p in tmp_path.rglob("*"))
+    from blurset.errors import InputError
+    with pytest.raises(InputError, match="outside --export"):
+        export_masks(catalog, ws, SERVER, 1, out)
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    catalog.close()

@@ -10,10 +10,13 @@ import click
 from blurset.pipeline.cli.context import Ctx, pass_ctx
 
 
-def check_label_studio() -> None:
-    """Connect once, so an unreachable server or a refused token is reported at once, not after
-    Prefect has started and the flow's retries have run out."""
+def check_label_studio(project: str) -> None:
+    """Check the project title, then connect once, so a bad title, an unreachable server or a
+    refused token is reported at once, not after Prefect has started and the flow's retries
+    have run out."""
     from blurset.annotation.client import connect
+    from blurset.names import validate_title
+    validate_title(project)
     connect().close()
 
 
@@ -43,7 +46,7 @@ def annotate() -> None:
 def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batch_size: int,
          prelabel: str | None, rank: bool, min_blur: float, max_blur: float) -> None:
     """Create tasks for the images that passed dedup (with pre-labels where a mask is known)."""
-    check_label_studio()
+    check_label_studio(project)
     r = c.flows.push_flow(c.ws.root, project, sources=list(sources) or None, limit=limit,
                           batch_size=batch_size, prelabel=prelabel, rank=rank,
                           min_blur=min_blur, max_blur=max_blur, catalog_url=c.ws.catalog_url)
@@ -67,7 +70,7 @@ def push(c: Ctx, project: str, sources: tuple[str, ...], limit: int | None, batc
 @pass_ctx
 def pull(c: Ctx, project: str, export_dir: Path | None) -> None:
     """Export all annotations (snapshot kept), decode the masks, store them in the catalog."""
-    check_label_studio()
+    check_label_studio(project)
     r = c.flows.pull_flow(c.ws.root, project, export_dir=export_dir,
                           catalog_url=c.ws.catalog_url)
     exported = f"; {r.exported} masks written to {export_dir}" if export_dir else ""
@@ -87,7 +90,7 @@ def pull(c: Ctx, project: str, export_dir: Path | None) -> None:
 @pass_ctx
 def prelabel(c: Ctx, project: str, checkpoint: str, batch_size: int) -> None:
     """Add this model's prediction to every task nobody has annotated yet (re-runs add nothing)."""
-    check_label_studio()
+    check_label_studio(project)
     r = c.flows.prelabel_flow(c.ws.root, project, checkpoint, batch_size=batch_size,
                               catalog_url=c.ws.catalog_url)
     click.echo(f"{project}: {r.added} predictions of {r.model_version} added; skipped "

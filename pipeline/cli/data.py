@@ -62,6 +62,10 @@ def synth(photos: tuple[Path, ...], masks: Path, out: Path, n: int, seed: int, s
 @pass_ctx
 def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path: Path) -> None:
     """Ingest the images of a dataset folder into the workspace."""
+    from blurset.names import validate_name
+    from blurset.pipeline.stages.sources import scan_source
+    validate_name(name, "source name")
+    scan_source(kind, path)  # a wrong layout is one line, before Prefect starts
     s = c.flows.ingest_flow(c.ws.root, kind, name, path, batch_size=batch_size,
                             max_pixels=max_pixels, catalog_url=c.ws.catalog_url)
     click.echo(f"{name}: {s.found} images found, {s.ingested} ingested now, "

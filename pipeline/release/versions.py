@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from blurset import names
+from blurset.errors import InputError
 from blurset.model.release_format import MANIFEST
 from blurset.pipeline.release.errors import ReleaseError
 
@@ -44,11 +46,11 @@ def version_key(version: str) -> tuple:
 
 
 def validate_name(name: str) -> str:
-    """A release name: one folder name of letters, digits, '.', '_' and '-'."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ReleaseError(f"release name {name!r} must be a folder name of letters, digits, "
-                           "'.', '_' and '-', not starting with '.' (e.g. szu-bd or cuhk)")
-    return name
+    """A release name: :func:`blurset.names.validate_name` (one folder name)."""
+    try:
+        return names.validate_name(name, "release name")
+    except InputError as e:
+        raise ReleaseError(str(e)) from None
 
 
 def existing_versions(out_root: Path, name: str) -> list[str]:

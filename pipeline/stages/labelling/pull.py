@@ -19,6 +19,7 @@ from blurset.annotation.export import (
     mean_pairwise_iou,
     parse_export,
 )
+from blurset.errors import InputError
 from blurset.pipeline.catalog import Catalog, MaskRow
 from blurset.pipeline.stages.ingest import encode_png
 from blurset.pipeline.stages.labelling.project import ProjectRef, existing_project, write_snapshot
@@ -207,17 +208,30 @@ def _brush_rles(result: list[dict] | None) -> list[list[int]]:
 
 
 def export_masks(catalog: Catalog, ws: Workspace, server: str, project_id: int, out: Path) -> int:
-    """Every current mask as ``out/<source>/<source_path with .png>``, 8-bit, 255 = blurred."""
+    """Every current mask as ``out/<source>/<source_path with .png>``, 8-bit, 255 = blurred.
+    Every target is checked to stay under ``out`` before the first is written."""
     anns = {a["annotation_id"]: a for a in catalog.annotations_of(server, project_id)}
-    n = 0
+    root = Path(out).resolve()
+    todo = []
     for t in catalog.tasks(server, project_id):
         a = anns.get(t["current_annotation_id"])
         if t["status"] != "annotated" or not a or not a["mask_object"]:
             continue
-        target = out / t["source"] / Path(t["rel_path"]).with_suffix(".png")
+        todo.append((_export_target(root, t["source"], t["rel_path"]), a["mask_object"]))
+    for target, mask_object in todo:
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = ws.objects.read(a["mask_object"])
+        data = ws.objects.read(mask_object)
         if not target.exists() or target.read_bytes() != data:
             target.write_bytes(data)
-        n += 1
-    return n
+    return len(todo)
+
+
+def _export_target(root: Path, source: str, rel_path: str) -> Path:
+    """``root/<source>/<rel_path with .png>``, refused unless it stays under ``root`` (a source
+    name or path from an older catalog may hold ``..`` or be absolute)."""
+    target = (root / source / Path(rel_path).with_suffix(".png")).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise InputError(f"the mask of {source}/{rel_path} would be exported to {target}, "
+                         f"outside --export {root}; rename the source (a folder name) and "
+                         "ingest it again: nothing was written there")
+    return target

@@ -12,6 +12,7 @@ from PIL import Image
 
 from blurset.annotation.client import Client, TaskSpec, local_file_url
 from blurset.annotation.server import document_root
+from blurset.names import validate_title
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.stages.labelling.errors import (
     DocumentRootError,
@@ -67,6 +68,7 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
     all over (:func:`rank_candidates`; they stay candidates for a later push) and push the rest
     most informative first (``limit`` then takes the top of that order).
     """
+    validate_title(project)
     if rank:
         if prelabel is None:
             raise PushOptionError("ranking candidates needs a pre-labeller: pass --prelabel "
