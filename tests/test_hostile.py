@@ -245,3 +245,28 @@ def test_pull_export_stays_under_the_export_folder(tmp_path, source, rel_path):
         export_masks(catalog, ws, SERVER, 1, out)
     assert sorted(p for p in tmp_path.rglob("*")) == before
     catalog.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Data lost or provenance false
+
+
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_release_build_refuses_a_corrupt_object_naming_it(tmp_path, which):
+    ws = ingested(tmp_path)
+    catalog = ws.catalog()
+    sel = R.select_images(catalog, ["cuhk"], None)
+    rel = sel.rows[1].object_path if which == "image" else sel.rows[1].mask_object
+    obj = ws.objects.root / rel
+    obj.chmod(0o644)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 1
+    obj.write_bytes(bytes(data))
+    with pytest.raises(R.ReleaseError, match=f"object {rel} is corrupt"):
+        R.build_release(ws, catalog, R.ReleaseSpec("c", "1.0.0", from_sources=["cuhk"]))
+    catalog.close()
+    assert not (ws.root / "releases" / "c").exists() or not any((ws.root / "releases" / "c")
+                                                                 .iterdir())
+    res = run("-w", str(ws.root), "release", "build", "c", "1.0.0", "--from-source", "cuhk")
+    assert res.exit_code == 1 and f"object {rel} is corrupt" in res.output
+    assert "Traceback" not in res.output

@@ -139,6 +139,16 @@ def _blur_degree(cand: Candidate, mask: bytes | memoryview) -> float:
         return float(np.asarray(im.convert("L"), dtype=np.float64).mean() / 255.0)
 
 
+def _check_object(rel: str, data: memoryview) -> None:
+    """An object's bytes must hash to its name (the store is content-addressed): a corrupt one
+    never enters an immutable release."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != posixpath.basename(rel).split(".", 1)[0]:
+        raise ReleaseError(f"object {rel} is corrupt: its bytes hash to {digest}, not to its "
+                           "name; nothing was released. Copy the original file (the image or mask "
+                           "its catalog row names) over it and build again")
+
+
 class _GroupReader:
     """Reads a row group's image and mask objects straight into an Arrow buffer.
 
@@ -171,6 +181,7 @@ class _GroupReader:
                 if pos != end:
                     raise ReleaseError(f"object {rel} ended after {pos - int(offsets[i])} of "
                                        f"its {size} bytes while being read")
+                _check_object(rel, view[int(offsets[i]):end])
             offsets[i + 1] = pos
         n, split_at = len(group), int(offsets[len(group)])
         if pos >= 2**31:
