@@ -7,7 +7,7 @@ and a re-run continues. The stages they call know nothing of Prefect.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
     BatchResult,
     ingest_batch,
-    item_signature,
+    items_to_ingest,
     quarantine_orphans,
 )
 from blurset.pipeline.stages.prelabel import Prelabeller, make_prelabeller
@@ -52,6 +52,9 @@ class IngestSummary:
     quarantined_total: int  # of this source
     catalog_images: int  # all sources
     catalog_paths: int
+
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why it is not ingested
+    missing: list[str] = field(default_factory=list)  # in the catalog, gone from the folder
 
     @property
     def unchanged(self) -> int:
@@ -115,13 +118,17 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
     validate_name(name, "source name")
     ws = Workspace.open(workspace, catalog_url)
     root = Path(path).resolve()
-    scan = scan_source(kind, root)  # LayoutError before anything is written
+    # LayoutError before anything is written; the workspace is never its own source
+    scan = scan_source(kind, root, exclude=[ws.root])
     catalog = ws.catalog()
     try:
         catalog.register_source(name, kind, str(root))  # SourceConflictError: nothing written
         known = catalog.known_signatures(name)
-        todo = [it for it in scan.items if known.get(it.rel_path) != item_signature(root, it)]
+        todo = items_to_ingest(catalog, name, root, scan.items, max_pixels)
         orphans = [o for o in scan.orphan_masks if o.rel_path not in known]
+        missing = sorted(known.keys() - scan.paths())
+        for sk in scan.skipped:
+            logger.info("%s: skipped %s: %s", name, sk.rel_path, sk.reason)
         logger.info("%s: %d images found, %d new or changed, %d already ingested",
                     name, len(scan.items), len(todo), len(scan.items) - len(todo))
         if orphans:
@@ -155,10 +162,12 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
             source=name, kind=kind, found=len(scan.items), new_or_changed=len(todo),
             ingested=new_paths, quarantined_now=new_bad + len(orphans),
             quarantined_total=len(catalog.quarantined(name)),
-            catalog_images=counts["images"], catalog_paths=counts["paths"])
+            catalog_images=counts["images"], catalog_paths=counts["paths"],
+            skipped={sk.rel_path: sk.reason for sk in scan.skipped}, missing=missing)
     finally:
         catalog.close()
-    create_table_artifact(key=f"ingest-{slug(name)}", table=[asdict(summary)],
+    create_table_artifact(key=f"ingest-{slug(name)}", table=[
+        {k: (len(v) if isinstance(v, dict | list) else v) for k, v in asdict(summary).items()}],
                           description=f"blurset ingest of {name} ({kind}) from {root}")
     return summary
 

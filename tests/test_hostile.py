@@ -270,3 +270,102 @@ def test_release_build_refuses_a_corrupt_object_naming_it(tmp_path, which):
     res = run("-w", str(ws.root), "release", "build", "c", "1.0.0", "--from-source", "cuhk")
     assert res.exit_code == 1 and f"object {rel} is corrupt" in res.output
     assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing dropped silently
+
+
+def odd_cuhk(tmp_path: Path) -> Path:
+    """A CUHK source with every kind of entry that used to vanish without a word."""
+    import os
+    root = write_cuhk(tmp_path / "src")
+    outside = tmp_path / "passwd"
+    outside.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    img = root / "image"
+    os.mkfifo(img / "fifo.jpg")
+    (img / "loop.jpg").symlink_to(img / "loop.jpg")
+    (img / "passwd.jpg").symlink_to(outside)
+    (img / "inside.jpg").symlink_to(img / "motion0001.jpg")  # inside the root: followed
+    (img / "noext").write_bytes(jpeg_bytes(photo(0, (64, 48))))
+    (img / ".hidden.jpg").write_bytes(jpeg_bytes(photo(1, (64, 48))))
+    (root / "gt" / "motion0001.bmp").write_bytes((root / "gt" / "motion0001.png").read_bytes())
+    (root / "notes.txt").write_text("about this dataset\n")
+    (root / "linkdir").symlink_to(tmp_path, target_is_directory=True)
+    return root
+
+
+def test_every_entry_of_a_source_is_ingested_or_skipped_with_a_reason(tmp_path):
+    root = odd_cuhk(tmp_path)
+    (root / "ws" / "objects").mkdir(parents=True)  # a workspace inside its source
+    (root / "ws" / "objects" / "x.jpg").write_bytes(jpeg_bytes(photo(2, (64, 48))))
+    scan = scan_source("cuhk", root, exclude=[root / "ws"])
+    items = {i.rel_path for i in scan.items}
+    assert items == {f"image/{s}.jpg" for s in ("out_of_focus0000", "motion0001",
+                                                "out_of_focus0002", "motion0003", "inside")}
+    skipped = {s.rel_path: s.reason for s in scan.skipped}
+    expect = {"image/fifo.jpg": "not a regular file (FIFO)", "image/loop.jpg": "loop",
+              "image/passwd.jpg": "leaving the source folder", "image/noext": "no image file "
+              "extension", "image/.hidden.jpg": "hidden file", "gt/motion0001.bmp":
+              "a second mask for stem 'motion0001': gt/motion0001.png is used",
+              "notes.txt": "no image file extension", "linkdir": "symbolic link",
+              "ws": "the workspace itself"}
+    assert set(skipped) == set(expect), skipped
+    for rel, words in expect.items():
+        assert words in skipped[rel], (rel, skipped[rel])
+    # every entry under the root, links and FIFOs included, is accounted for exactly once
+    import os
+    entries = set()
+    for here, dirs, files in os.walk(root):
+        rel = Path(here).relative_to(root)
+        entries |= {(rel / f).as_posix() for f in files}
+        entries |= {(rel / d).as_posix() for d in dirs if (Path(here) / d).is_symlink()
+                    or d == "ws"}
+        dirs[:] = [d for d in dirs if d != "ws"]
+    accounted = scan.paths()
+    assert entries == accounted, entries ^ accounted
+
+
+def test_folder_layout_never_follows_links_out_nor_reads_its_workspace(tmp_path):
+    root = odd_cuhk(tmp_path)
+    (root / "ws" / "objects" / "ab").mkdir(parents=True)
+    (root / "ws" / "objects" / "ab" / "x.jpg").write_bytes(jpeg_bytes(photo(2, (64, 48))))
+    scan = scan_source("folder", root, exclude=[root / "ws"])
+    items = {i.rel_path for i in scan.items}
+    assert not any(r.startswith("ws/") for r in items)
+    assert "image/passwd.jpg" not in items and "image/inside.jpg" in items
+    assert {"ws", "image/passwd.jpg", "image/fifo.jpg", "linkdir"} <= {s.rel_path
+                                                                      for s in scan.skipped}
+
+
+def test_quarantined_for_the_pixel_limit_is_checked_again_when_the_limit_changes():
+    from blurset.pipeline.stages.ingest import is_unchanged, limited_signature
+    sig = "100:5"
+    assert is_unchanged(sig, sig, 10)
+    assert is_unchanged(limited_signature(sig, 10), sig, 10, pixel_limited=True)
+    assert not is_unchanged(limited_signature(sig, 10), sig, 20, pixel_limited=True)
+    assert not is_unchanged(sig, sig, 10, pixel_limited=True)  # an older row: no limit kept
+    assert not is_unchanged("100:6", sig, 10)
+
+
+def test_ingest_reports_skipped_missing_and_rechecks_the_pixel_limit(prefect_harness, tmp_path):
+    root = odd_cuhk(tmp_path)
+    big = root / "image" / "out_of_focus0009.jpg"
+    big.write_bytes(jpeg_bytes(photo(3, (200, 150))))
+    ws = root / "ws"  # the workspace inside its own source
+    args = ["-w", str(ws), "ingest", "--kind", "cuhk", "--name", "odd", str(root)]
+    res = run(*args, "--max-pixels", "10000")
+    assert res.exit_code == 0, res.output
+    assert "6 images found, 5 ingested now, 0 unchanged, 1 quarantined now" in res.output
+    assert "skipped image/passwd.jpg: symbolic link leaving the source folder" in res.output
+    assert "skipped image/fifo.jpg: not a regular file (FIFO)" in res.output
+    assert not any(b"root:x:0:0" in f.read_bytes() for f in ws.rglob("*")
+                   if f.is_file() and not f.is_symlink())
+    res = run(*args, "--max-pixels", "10000")  # the same limit: unchanged
+    assert "6 images found, 0 ingested now, 6 unchanged, 0 quarantined now" in res.output
+    assert "skipped ws: the workspace itself" in res.output
+    (root / "image" / "motion0003.jpg").unlink()
+    res = run(*args, "--max-pixels", "100000")  # a higher limit: the big image is ingested
+    # (and the mask of the deleted image is now an orphan, quarantined)
+    assert "5 images found, 1 ingested now, 4 unchanged, 1 quarantined now" in res.output, res.output
+    assert "no longer in the folder (kept in the catalog): image/motion0003.jpg" in res.output

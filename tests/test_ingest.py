@@ -12,7 +12,7 @@ from PIL import Image
 
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.stages.hashing import ImageHashes
-from blurset.pipeline.stages.ingest import ingest_batch, item_signature
+from blurset.pipeline.stages.ingest import ingest_batch, items_to_ingest
 from blurset.pipeline.stages.sources import LayoutError, scan_source
 from blurset.pipeline.store import ObjectStore
 
@@ -21,8 +21,7 @@ def ingest_all(root: Path, kind: str, ws: Path, name: str = "src", max_pixels: i
     scan = scan_source(kind, root)
     catalog = Catalog(f"sqlite:///{ws / 'catalog.sqlite'}")
     catalog.register_source(name, kind, str(root))
-    known = catalog.known_signatures(name)
-    todo = [it for it in scan.items if known.get(it.rel_path) != item_signature(root, it)]
+    todo = items_to_ingest(catalog, name, root, scan.items, max_pixels)
     res = ingest_batch(root, todo, ws / "objects", ws / "quarantine", max_pixels)
     catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
     return catalog, res, todo

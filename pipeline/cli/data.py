@@ -72,6 +72,21 @@ def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path:
                f"{s.unchanged} unchanged, {s.quarantined_now} quarantined now "
                f"({s.quarantined_total} in quarantine for this source). "
                f"Catalog: {s.catalog_images} images under {s.catalog_paths} paths.")
+    _report_skipped(s.skipped, s.missing)
+
+
+def _report_skipped(skipped: dict[str, str], missing: list[str], shown: int = 20) -> None:
+    """Every entry of the folder that was not ingested, and every catalog path gone from it."""
+    if skipped:
+        click.echo(f"{len(skipped)} skipped (not images of this layout):", err=True)
+        for rel, why in list(skipped.items())[:shown]:
+            click.echo(f"  skipped {rel}: {why}", err=True)
+        if len(skipped) > shown:
+            click.echo(f"  … and {len(skipped) - shown} more (-v lists them all)", err=True)
+    if missing:
+        click.echo(f"{len(missing)} path(s) ingested earlier are no longer in the folder (kept "
+                   f"in the catalog): {', '.join(missing[:shown])}"
+                   + (" …" if len(missing) > shown else ""), err=True)
 
 
 @click.group(invoke_without_command=True)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from blurset.errors import BlursetError
-from blurset.pipeline.catalog import ImageRow, MaskRow, PathRow, QuarantineRow
+from blurset.pipeline.catalog import Catalog, ImageRow, MaskRow, PathRow, QuarantineRow
 from blurset.pipeline.stages.hashing import hash_opened
 from blurset.pipeline.stages.sources import OrphanMask, SourceItem
 from blurset.pipeline.store import FORMAT_EXTENSIONS, ObjectStore, extension_for, sha256_hex
@@ -51,6 +51,36 @@ def item_signature(root: Path, item: SourceItem) -> str:
     if item.mask_path:
         sig += "|" + file_signature(root / item.mask_path)
     return sig
+
+
+PIXEL_LIMIT = "pixel limit"  # how a quarantine reason for too many pixels begins
+
+
+def limited_signature(signature: str, max_pixels: int) -> str:
+    """The signature kept for a file quarantined for the pixel limit: it holds the limit, so a
+    run with another ``--max-pixels`` checks the file again."""
+    return f"{signature}|max_pixels={max_pixels}"
+
+
+def is_unchanged(known: str | None, signature: str, max_pixels: int,
+                 pixel_limited: bool = False) -> bool:
+    """Whether an item ingested or quarantined before (``known``: its stored signature) can be
+    left alone: same bytes, and for one quarantined for the pixel limit, the same limit."""
+    if pixel_limited:
+        return known == limited_signature(signature, max_pixels)
+    return known == signature
+
+
+def items_to_ingest(catalog: Catalog, source: str, root: Path, items: Sequence[SourceItem],
+                    max_pixels: int) -> list[SourceItem]:
+    """The items not ingested or quarantined before with the same bytes (and, for one
+    quarantined for the pixel limit, under the same limit)."""
+    known = catalog.known_signatures(source)
+    limited = {q["rel_path"] for q in catalog.quarantined(source)
+               if q["reason"].startswith(PIXEL_LIMIT)}
+    return [it for it in items
+            if not is_unchanged(known.get(it.rel_path), item_signature(root, it), max_pixels,
+                                it.rel_path in limited)]
 
 
 @dataclass(frozen=True)
@@ -96,7 +126,7 @@ def open_checked(data: bytes, max_pixels: int) -> Opened:
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1))} pixels" if found else "its size"
-        raise BadFile(f"pixel limit: {size} exceeds the limit of {max_pixels} (a decompression "
+        raise BadFile(f"{PIXEL_LIMIT}: {size} exceeds the limit of {max_pixels} (a decompression "
                       "bomb or a huge scan; raise --max-pixels to accept it)") from None
     except DECODE_ERRORS as e:
         raise BadFile(f"corrupt image header: {e}") from None
@@ -106,7 +136,7 @@ def open_checked(data: bytes, max_pixels: int) -> Opened:
     if w <= 0 or h <= 0:
         raise BadFile(f"zero-size image ({w}×{h})")
     if w * h > max_pixels:
-        raise BadFile(f"pixel limit: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+        raise BadFile(f"{PIXEL_LIMIT}: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels} "
                       "(a decompression bomb or a huge scan; raise --max-pixels to accept it)")
     orientation = exif_orientation(im)
     if orientation in (5, 6, 7, 8):
@@ -187,6 +217,8 @@ def ingest_item(root: Path, item: SourceItem, store: ObjectStore, qstore: Object
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             hashes = hash_opened(opened.image)
     except BadFile as e:
+        if str(e).startswith(PIXEL_LIMIT):
+            sig = limited_signature(sig, max_pixels)
         _quarantine(result, qstore, item.rel_path, str(e), sig, data)
         return
     except DECODE_ERRORS as e:
