@@ -32,6 +32,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused, too many pixels ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 

@@ -369,3 +369,32 @@ def test_ingest_reports_skipped_missing_and_rechecks_the_pixel_limit(prefect_har
     # (and the mask of the deleted image is now an orphan, quarantined)
     assert "5 images found, 1 ingested now, 4 unchanged, 1 quarantined now" in res.output, res.output
     assert "no longer in the folder (kept in the catalog): image/motion0003.jpg" in res.output
+
+
+# --------------------------------------------------------------------------------------------
+# predict: no output overwrites another; a decompression bomb is one line
+
+
+def test_predict_refuses_two_images_with_one_output_name(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    a, b = tmp_path / "a" / "ws.jpg", tmp_path / "b" / "ws.gif"
+    photo(0, (32, 24)).save(a)
+    photo(1, (32, 24)).save(b)
+    out = tmp_path / "maps"
+    res = run("predict", str(a), str(b), "--checkpoint", str(tmp_path / "none.pt"),
+              "--out", str(out))
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert str(a) in res.output and str(b) in res.output and "ws.png" in res.output
+    assert not out.exists()
+
+
+def test_reading_a_decompression_bomb_is_a_one_line_error(tmp_path):
+    from conftest import png_with_claimed_size
+
+    from blurset.errors import BlursetError
+    from blurset.model.apply import read_rgb
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_with_claimed_size(30000, 30000))
+    with pytest.raises(BlursetError, match="bomb.png: refused, too many pixels"):
+        read_rgb(bomb)

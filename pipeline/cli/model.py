@@ -215,7 +215,14 @@ def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
     """Blur maps of IMAGES as 8-bit PNG at each image's size."""
     from tqdm import tqdm
 
+    from blurset.errors import InputError
     from blurset.model.apply import map_to_png, output_name, predict_maps, read_rgb
+    targets: dict[Path, str] = {}
+    for path in images:  # refused before anything is written: no map overwrites another
+        if (target := output_name(path, Path(out))) in targets:
+            raise InputError(f"{targets[target]} and {path} would both be written to {target}; "
+                             "rename one, or predict them into different --out folders")
+        targets[target] = path
     with reported(*_REFUSED):
         model, _, size = _load(checkpoint)
         out_dir = Path(out)
