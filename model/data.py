@@ -1,7 +1,8 @@
 """Training data straight from a release's Parquet shards (the format: release_format.py).
 
 - :func:`resolve_release`: ``NAME@VERSION[:SPLIT]`` (or a release folder) → :class:`ReleaseRef`
-  with the shards' sha256 and a ``fingerprint`` that checkpoints record.
+  with the shards' sha256 and a ``fingerprint`` that checkpoints record; every shard is hashed
+  once per process and a release whose bytes differ from its manifest is refused.
 - :class:`ReleaseDataset`: one split as ``(image (3, S, S), mask (1, S, S), id)`` float32 samples
   in [0, 1] (mask 1 = blurred), read row group by row group; :class:`Augment` expands it with the
   paper's rotated and rescaled copies (``docs/dpn.md``).
@@ -48,6 +49,7 @@ __all__ = [
     "Augment",
     "GroupedSampler",
     "ReleaseDataset",
+    "ReleaseIntegrityError",
     "ReleaseNotFoundError",
     "ReleaseRef",
     "ReleaseSpecError",
@@ -126,9 +128,50 @@ def default_releases_root() -> Path:
     return Path(os.environ.get(RELEASES_ENV) or "releases")
 
 
-def _ref_from_folder(folder: Path, split: str | None) -> ReleaseRef:
+class ReleaseIntegrityError(ReleaseSpecError):
+    """A shard is missing, lies outside its release, or its bytes do not hash to the manifest's
+    sha256: the release was changed after it was built."""
+
+
+_VERIFIED: set[tuple] = set()  # (path, size, mtime_ns, sha256) of shards hashed in this process
+
+
+def verify_shards(folder: Path, shards: Sequence[Shard], spec: str) -> None:
+    """Hash every shard (streaming) and compare it with the manifest; a shard whose file is
+    unchanged since it was hashed in this process is not read again. Raises
+    :class:`ReleaseIntegrityError` naming the shard."""
+    root = folder.resolve()
+    hint = f"rebuild or fetch the release again (`blurset release verify {folder}` lists " \
+           "every problem)"
+    for s in shards:
+        path = (folder / s.file).resolve()
+        if not path.is_relative_to(root):
+            raise ReleaseIntegrityError(f"shard {s.file!r} of {spec} lies outside the release "
+                                        f"{folder}: the manifest is refused")
+        try:
+            st = path.stat()
+        except OSError:
+            raise ReleaseIntegrityError(f"shard {s.file} of {spec} is missing ({path}); "
+                                        f"{hint}") from None
+        key = (str(path), st.st_size, st.st_mtime_ns, s.sha256)
+        if key in _VERIFIED:
+            continue
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(4 * 2**20):
+                h.update(block)
+        if h.hexdigest() != s.sha256:
+            raise ReleaseIntegrityError(f"shard {s.file} of {spec} hashes to {h.hexdigest()}, "
+                                        f"not to the manifest's {s.sha256}: the release was "
+                                        f"changed after it was built; {hint}")
+        _VERIFIED.add(key)
+
+
+def _ref_from_folder(folder: Path, split: str | None, verify: bool = True) -> ReleaseRef:
     manifest = read_manifest(folder)
     shards = manifest_shards(manifest, folder / MANIFEST)
+    if verify:
+        verify_shards(folder, shards, f"{manifest.get('name')}@{manifest.get('version')}")
     h = hashlib.sha256()
     for s in shards:
         h.update(f"{s.file}\t{s.sha256}\n".encode())
@@ -138,13 +181,15 @@ def _ref_from_folder(folder: Path, split: str | None) -> ReleaseRef:
     return ref.with_split(split) if split else ref
 
 
-def resolve_release(spec: str | os.PathLike, releases_root: str | os.PathLike | None = None
-                    ) -> ReleaseRef:
+def resolve_release(spec: str | os.PathLike, releases_root: str | os.PathLike | None = None,
+                    *, verify: bool = True) -> ReleaseRef:
     """``NAME@VERSION``, ``NAME@VERSION:SPLIT`` or a release folder's path (optionally
     ``PATH:SPLIT``) → :class:`ReleaseRef`, read from its ``manifest.json``.
 
     ``releases_root`` (for ``NAME@VERSION``) defaults to :func:`default_releases_root`.
-    Raises :class:`ReleaseNotFoundError` (naming the releases or versions that do exist) or
+    ``verify``: hash every shard (:func:`verify_shards`), so what a checkpoint records is what
+    was read. Raises :class:`ReleaseNotFoundError` (naming the releases or versions that do
+    exist), :class:`ReleaseIntegrityError` (a shard missing or changed) or
     :class:`ReleaseSpecError` (bad syntax, unknown split, unreadable manifest).
     """
     text = os.fspath(spec)
@@ -152,10 +197,10 @@ def resolve_release(spec: str | os.PathLike, releases_root: str | os.PathLike | 
         raise ReleaseSpecError(f"release spec {spec!r} is empty; write NAME@VERSION (e.g. "
                                "szu-bd@1.0.0), NAME@VERSION:SPLIT or a release folder's path")
     if Path(text).is_dir():
-        return _ref_from_folder(Path(text), None)
+        return _ref_from_folder(Path(text), None, verify)
     head, sep, tail = text.rpartition(":")
     if sep and SPLIT_NAME.match(tail) and Path(head).is_dir():
-        return _ref_from_folder(Path(head), tail)
+        return _ref_from_folder(Path(head), tail, verify)
     m = _SPEC.match(text)
     if not m:
         if "/" in text or os.sep in text or text.startswith("."):
@@ -176,7 +221,7 @@ def resolve_release(spec: str | os.PathLike, releases_root: str | os.PathLike | 
         if not folder.is_dir():
             raise ReleaseNotFoundError(f"release {name} has no version {version} under {root}; "
                                        f"versions: {', '.join(versions) or 'none'}")
-    return _ref_from_folder(folder, split)
+    return _ref_from_folder(folder, split, verify)
 
 
 # --------------------------------------------------------------------------------------------

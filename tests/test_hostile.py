@@ -398,3 +398,59 @@ def test_reading_a_decompression_bomb_is_a_one_line_error(tmp_path):
     bomb.write_bytes(png_with_claimed_size(30000, 30000))
     with pytest.raises(BlursetError, match="bomb.png: refused, too many pixels"):
         read_rgb(bomb)
+
+
+# --------------------------------------------------------------------------------------------
+# train / evaluate / crosscheck: the shards' bytes are checked before use
+
+
+@pytest.fixture
+def toy_root(tmp_path) -> Path:
+    from test_train import write_release
+    root = tmp_path / "releases"
+    write_release(root, "toy", "1.0.0")
+    return root
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete-other-split"])
+def test_model_verbs_refuse_a_release_whose_shards_do_not_verify(toy_root, tmp_path, damage):
+    import yaml
+
+    from blurset.model.data import ReleaseIntegrityError, resolve_release
+    ref = resolve_release("toy@1.0.0", toy_root)
+    assert ref.provenance()["shards"]  # a sound release resolves
+    shard = toy_root / "toy" / "1.0.0" / "data" / "test-00000-of-00001.parquet"
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 1
+        shard.write_bytes(bytes(data))
+    else:
+        shard.unlink()
+    with pytest.raises(ReleaseIntegrityError, match="test-00000-of-00001.parquet"):
+        resolve_release("toy@1.0.0:train", toy_root)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {"variant": "deb+bl", "width": 0.125},
+                                      "input_size": 64, "batch_size": 4, "epochs": 1,
+                                      "augment": {"rotations": False, "rescales": []}}))
+    ws = str(tmp_path / "ws")
+    for args in (["train", "--train", "toy@1.0.0", "--config", str(config), "--out",
+                  str(tmp_path / "run")],
+                 ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--release",
+                  "toy@1.0.0:train"],
+                 ["crosscheck", "--checkpoint", str(tmp_path / "none.pt"), "--test",
+                  "toy@1.0.0", "--out", str(tmp_path / "cc")]):
+        res = run("-w", ws, *args, "--releases-root", str(toy_root))
+        assert res.exit_code == 1, (args[0], res.output)
+        assert res.output.startswith("Error: shard data/test-00000-of-00001.parquet of "
+                                     "toy@1.0.0"), (args[0], res.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_manifest_shard_path_leaving_the_release_is_refused_by_training(toy_root):
+    from blurset.model.data import ReleaseIntegrityError, resolve_release
+    folder = toy_root / "toy" / "1.0.0"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0]["path"] = "../../../../etc/passwd"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ReleaseIntegrityError, match="outside the release"):
+        resolve_release("toy@1.0.0", toy_root)

@@ -134,8 +134,8 @@ def _score_checkpoint(c: Ctx, checkpoint: str, spec: str, split: str | None, bas
     from blurset.model.crosscheck import default_split, score_on_release
     from blurset.model.data import resolve_release
     from blurset.model.evaluate import BASELINES
+    ref = resolve_release(spec, c.releases_root(releases_root))  # its shards verified first
     model, _meta, size = _load(checkpoint)
-    ref = resolve_release(spec, c.releases_root(releases_root))
     split = split or (ref.split if whole else default_split(ref))
     rows = sum(n for s, n in ref.splits().items() if split in (None, s))
     with tqdm(total=rows, desc=f"score {ref.name}@{ref.version}:{split or 'all'}",
