@@ -35,8 +35,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DatabaseError
 
-from blurset.errors import ConflictError
+from blurset.errors import BlursetError, ConflictError
 
 metadata = MetaData()
 
@@ -201,6 +202,10 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class CatalogUnusableError(BlursetError):
+    """The catalog database cannot be opened or read (a damaged file, a full disk)."""
+
+
 class SourceConflictError(ConflictError, ValueError):
     """A source name is reused for another folder or kind."""
 
@@ -335,8 +340,17 @@ class Catalog:
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
+        try:
+            metadata.create_all(self.engine)
+            self._add_missing_columns()
+        except DatabaseError as e:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise CatalogUnusableError(
+                f"the catalog {self.engine.url.database or where} cannot be opened: "
+                f"{getattr(e, 'orig', None) or e}. If the disk is full, free space; if the file "
+                "is damaged, restore it from a backup or move it away and ingest again (the "
+                "objects/ folder is kept)") from None
 
     def _add_missing_columns(self) -> None:
         """Add the nullable columns a newer blurset declares to a catalog made by an older one.

@@ -454,3 +454,34 @@ def test_a_manifest_shard_path_leaving_the_release_is_refused_by_training(toy_ro
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ReleaseIntegrityError, match="outside the release"):
         resolve_release("toy@1.0.0", toy_root)
+
+
+# --------------------------------------------------------------------------------------------
+# One clear line: a missing workspace, a damaged catalog
+
+
+@pytest.mark.parametrize("verb", [["status"], ["quarantine"], ["dups"], ["release", "list"],
+                                  ["annotate", "status", "--project", "p"]])
+def test_read_only_verbs_on_a_mistyped_workspace_say_there_is_none(tmp_path, verb):
+    ws = tmp_path / "wrokspace"
+    res = run("-w", str(ws), *verb)
+    assert res.exit_code == 1, res.output
+    assert res.output == (f"Error: there is no workspace at {ws} (no catalog.sqlite there); "
+                          "check --workspace or $BLURSET_WORKSPACE, or ingest a source to "
+                          "create one\n")
+    assert not ws.exists()
+
+
+def test_a_damaged_catalog_is_one_line_naming_the_file(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "catalog.sqlite").write_bytes(b"this is not a SQLite database at all" * 100)
+    for verb in (["status"], ["quarantine"]):
+        res = run("-w", str(ws), *verb)
+        assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+        assert res.output.startswith(f"Error: the catalog {ws / 'catalog.sqlite'} cannot be "
+                                     "opened: file is not a database"), res.output
+    src = write_cuhk(tmp_path / "src", n=1)
+    res = run("-w", str(ws), "ingest", "--kind", "cuhk", "--name", "x", str(src))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"Error: the catalog {ws / 'catalog.sqlite'} cannot be opened" in res.output

@@ -106,7 +106,7 @@ def status(c: Ctx, project: str) -> None:
     from blurset.annotation.server import Connection
     from blurset.errors import NotFoundError
     from blurset.pipeline.stages.labelling import status as project_status
-    catalog = c.ws.catalog()
+    catalog = c.existing_ws.catalog()
     server = Connection.from_env().url
     ids = [t["project_id"] for t in catalog.task_projects()
            if t["project"] == project and t["server"] == server]

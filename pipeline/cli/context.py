@@ -53,6 +53,15 @@ class Ctx:
         return self._ws
 
     @property
+    def existing_ws(self) -> Workspace:
+        """The workspace, for a verb that only reads: none is created, a missing one is one
+        ``Error:`` line (a mistyped --workspace would otherwise report zero counts)."""
+        if self._ws is None:
+            self._ws = Workspace.open(self.workspace, self.catalog_url, create=False)
+            prefect_env(self._ws.root, self.verbose)
+        return self._ws
+
+    @property
     def flows(self) -> ModuleType:
         """``blurset.pipeline.flows``, imported on first use (Prefect takes seconds to import),
         after Prefect's settings are in place."""

@@ -153,7 +153,7 @@ def decide(c: Ctx, candidate: str | None, reference: str | None, decision: str |
 def dups(c: Ctx, fmt: str, sheet: Path | None, which: str | None) -> None:
     """Print the duplicate pairs found by the last dedup run."""
     from blurset.pipeline.stages.dedup.run import contact_sheet, report
-    catalog = c.ws.catalog()
+    catalog = c.existing_ws.catalog()
     kind = which or "duplicate"
     found = catalog.findings(kind)
     click.echo(report(found, fmt), nl=False)
@@ -170,7 +170,7 @@ def dups(c: Ctx, fmt: str, sheet: Path | None, which: str | None) -> None:
 def quarantine(c: Ctx, fmt: str, source: str | None) -> None:
     """List the files that were quarantined, with the reason."""
     rows = [{"source": q["source"], "path": q["rel_path"], "reason": q["reason"]}
-            for q in c.ws.catalog().quarantined(source)]
+            for q in c.existing_ws.catalog().quarantined(source)]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -183,7 +183,7 @@ def quarantine(c: Ctx, fmt: str, source: str | None) -> None:
 @pass_ctx
 def status(c: Ctx) -> None:
     """Counts in the catalog."""
-    catalog = c.ws.catalog()
+    catalog = c.existing_ws.catalog()
     click.echo(f"workspace: {c.ws.root}")
     for k, v in catalog.counts().items():
         click.echo(f"  {k}: {v}")

@@ -118,7 +118,7 @@ def diff(a: str, b: str, fmt: str) -> None:
 def list_(c: Ctx, root: Path | None) -> None:
     """Every complete release, by name and version."""
     from blurset.pipeline.release import list_releases
-    where = c.releases_root(root)
+    where = Path(root) if root else c.existing_ws.root / "releases"  # creates no workspace
     found = list_releases(where)
     if not found:
         click.echo(f"no releases in {where}")
