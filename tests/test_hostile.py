@@ -485,3 +485,20 @@ def test_a_damaged_catalog_is_one_line_naming_the_file(tmp_path):
     res = run("-w", str(ws), "ingest", "--kind", "cuhk", "--name", "x", str(src))
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"Error: the catalog {ws / 'catalog.sqlite'} cannot be opened" in res.output
+
+
+@pytest.mark.parametrize("args,option", [
+    (["ingest", "--kind", "cuhk", "--name", "x", "--batch-size", "-5"], "--batch-size"),
+    (["ingest", "--kind", "cuhk", "--name", "x", "--batch-size", "0"], "--batch-size"),
+    (["ingest", "--kind", "cuhk", "--name", "x", "--max-pixels", "0"], "--max-pixels"),
+    (["dedup", "--reference", "cuhk", "--threshold", "-3"], "--threshold"),
+    (["dedup", "--reference", "cuhk", "--threshold", "33"], "--threshold"),
+    (["annotate", "push", "--project", "p", "--batch-size", "0"], "--batch-size"),
+    (["annotate", "push", "--project", "p", "--limit", "-1"], "--limit"),
+])
+def test_numeric_options_out_of_range_are_refused_before_anything_runs(tmp_path, args, option):
+    src = write_cuhk(tmp_path / "src", n=1)
+    ws = tmp_path / "ws"
+    res = run("-w", str(ws), *args, *([str(src)] if args[0] == "ingest" else []))
+    assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
+    assert not ws.exists()

@@ -91,8 +91,9 @@ def _report_skipped(skipped: dict[str, str], missing: list[str], shown: int = 20
 
 @click.group(invoke_without_command=True)
 @click.option("--reference", help="Name of the reference source (e.g. cuhk); required to run.")
-@click.option("--threshold", type=click.IntRange(min=0), default=None,
-              help="Hamming distance for hash candidates (default: the method's own).")
+@click.option("--threshold", type=click.IntRange(0, 32), default=None,
+              help="Hamming distance (0-32 bits of the 64-bit hash) for hash candidates "
+                   "(default: the method's own).")
 @pass_ctx
 @click.pass_context
 def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | None) -> None:
