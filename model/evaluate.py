@@ -275,7 +275,8 @@ def evaluate_dirs(
     if extra and not allow_extra_preds:
         problems.append(
             f"{len(extra)} map(s) have no mask in {gt_dir}: {_first(extra)} "
-            "(pass allow_extra_preds=True to evaluate on the masks' images only)"
+            "(--allow-extra-preds, or allow_extra_preds=True, evaluates on the masks' images "
+            "only)"
         )
     if problems:
         raise ValueError(

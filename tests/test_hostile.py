@@ -502,3 +502,17 @@ def test_numeric_options_out_of_range_are_refused_before_anything_runs(tmp_path,
     res = run("-w", str(ws), *args, *([str(src)] if args[0] == "ingest" else []))
     assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
     assert not ws.exists()
+
+
+def test_evaluate_hint_names_an_option_the_cli_has(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    mask = png_bytes(Image.fromarray(np.full((8, 8), 255, np.uint8)))
+    for stem in ("a", "b"):
+        (pred / f"{stem}.png").write_bytes(mask)
+    (gt / "a.png").write_bytes(mask)
+    res = run("evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt))
+    assert res.exit_code == 1 and "--allow-extra-preds" in res.output, res.output
+    res = run("evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt), "--allow-extra-preds")
+    assert res.exit_code == 0, res.output

@@ -85,6 +85,8 @@ def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resum
               help="Ground-truth masks (255 = blurred).")
 @click.option("--invert-gt", is_flag=True, help="The masks mark sharp regions (255 = in focus).")
 @click.option("--invert-pred", is_flag=True, help="The maps mark sharp regions (high = in focus).")
+@click.option("--allow-extra-preds", is_flag=True,
+              help="With --pred-dir: maps without a mask are left out instead of refused.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="With --checkpoint: also score the handcrafted maps (laplacian, lbp).")
 @click.option("--name", default=None, help="Method name in the report (default DPN / pred-dir name).")
@@ -97,7 +99,7 @@ def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resum
 @pass_ctx
 def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: str | None,
              pred_dir: str | None, gt_dir: str | None, invert_gt: bool, invert_pred: bool,
-             baselines: bool, name: str | None, out: str | None, json_path: str | None,
+             allow_extra_preds: bool, baselines: bool, name: str | None, out: str | None, json_path: str | None,
              force: bool, releases_root: str | None) -> None:
     """Score blur maps: a checkpoint on a release, or any method's maps against masks."""
     from blurset.model.evaluate import format_table
@@ -115,7 +117,7 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
             from blurset.model.evaluate import evaluate_dirs
             label = name or Path(pred_dir).name
             r = evaluate_dirs(pred_dir, gt_dir, invert_gt=invert_gt, invert_pred=invert_pred,
-                              name=label)
+                              name=label, allow_extra_preds=allow_extra_preds)
             results = {label: r}
         paths = _write(results, out, force) if out else {}
     click.echo(format_table(results))
