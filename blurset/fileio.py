@@ -3,9 +3,61 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
+
+_TMP = re.compile(r"^\.tmp-(?P<pid>\d+)-")
+LEGACY_TMP_AGE = 3600.0  # seconds: a temporary entry without a process id is stale after this
+
+
+def tmp_prefix() -> str:
+    """The prefix of every temporary file or folder blurset makes beside its final place:
+    ``.tmp-<pid>-``, so the next run can tell the litter of a killed process
+    (:func:`remove_stale_temps`) from the work of a live one."""
+    return f".tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, depth: int = 0) -> int:
+    """Remove the temporary files and folders (``.tmp-*``) that a killed process left in
+    ``folder`` (and its sub-folders down to ``depth``): those whose process is gone, and those
+    without a process id older than an hour. Returns how many were removed."""
+    folder = Path(folder)
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for e in entries:
+        if e.name.startswith(".tmp-"):
+            m = _TMP.match(e.name)
+            try:
+                stale = (not _alive(int(m.group("pid")))) if m else \
+                    time.time() - e.stat(follow_symlinks=False).st_mtime > LEGACY_TMP_AGE
+            except OSError:
+                continue
+            if stale:
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    Path(e.path).unlink(missing_ok=True)
+                removed += 1
+        elif depth > 0 and e.is_dir(follow_symlinks=False):
+            removed += remove_stale_temps(e.path, depth=depth - 1)
+    return removed
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -33,7 +85,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
     replace an existing file (:class:`FileExistsError`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(), suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

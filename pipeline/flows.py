@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from blurset.errors import BlursetError, ServiceError
+from blurset.fileio import remove_stale_temps
 from blurset.names import slug, validate_name
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.release import ReleaseInfo, ReleaseSpec, build_release
@@ -120,6 +121,8 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
     root = Path(path).resolve()
     # LayoutError before anything is written; the workspace is never its own source
     scan = scan_source(kind, root, exclude=[ws.root])
+    for store in (ws.objects.root, ws.quarantine_store.root):  # a killed run's partial files
+        remove_stale_temps(store, depth=1)
     catalog = ws.catalog()
     try:
         catalog.register_source(name, kind, str(root))  # SourceConflictError: nothing written

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from blurset.fileio import atomic_write, fsync_dir
+from blurset.fileio import atomic_write, fsync_dir, remove_stale_temps, tmp_prefix
 from blurset.model.release_format import (
     CARD,
     DATA_DIR,
@@ -179,7 +179,8 @@ def _staged(final: Path) -> Iterator[Path]:
     """A temporary folder beside ``final``, fsync'd and renamed to it when the block ends, or
     removed if it raises: a crash publishes nothing."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    remove_stale_temps(final.parent)  # what a killed build of this release left
+    tmp = Path(tempfile.mkdtemp(prefix=f"{tmp_prefix()}{final.name}-", dir=final.parent))
     try:
         yield tmp
         fsync_dir(tmp)

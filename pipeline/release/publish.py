@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from blurset.fileio import fsync_dir
+from blurset.fileio import fsync_dir, remove_stale_temps, tmp_prefix
 from blurset.model.release_format import DATA_DIR, MANIFEST, MANIFEST_SUM
 from blurset.pipeline.release.errors import ReleaseError
 from blurset.pipeline.release.verify import manifest_problems, verify_release
@@ -83,7 +83,8 @@ def _copy_local(path: Path, final: Path, files: list[str]) -> None:
         raise FileExistsError(f"{final} exists (without a manifest); remove it or publish "
                               "elsewhere: nothing was copied")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    remove_stale_temps(final.parent)  # what a killed publish left
+    tmp = final.parent / f"{tmp_prefix()}{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         for rel in files:
             target = tmp / rel
