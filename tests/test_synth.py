@@ -137,3 +137,19 @@ def test_refuses_to_overwrite_and_bad_inputs(inputs, tmp_path):
         write_synth([photos], photos, tmp_path / "o2", n=2)
     with pytest.raises(SynthError, match="at least 1"):
         write_synth([photos], masks, tmp_path / "o3", n=0)
+
+
+def test_cli_writes_a_source(inputs, tmp_path):
+    from click.testing import CliRunner
+
+    from blurset.pipeline.cli.main import cli
+
+    photos, masks = inputs
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(cli, ["synth", "--photos", str(photos), "--masks", str(masks),
+                                 "--out", str(out), "--n", "3", "--size", "64"])
+    assert r.exit_code == 0, r.output
+    assert "3 composites" in r.output and len(list((out / "image").iterdir())) == 3
+    again = CliRunner().invoke(cli, ["synth", "--photos", str(photos), "--masks", str(masks),
+                                     "--out", str(out), "--n", "3"])
+    assert again.exit_code == 1 and "already holds" in again.output
