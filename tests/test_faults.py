@@ -137,3 +137,33 @@ def test_release_build_killed_before_its_manifest_then_rerun(tmp_path):
     release = ws / "releases" / "r" / "1.0.0"
     assert R.verify_release(release).ok
     assert json.loads((release / "manifest.json").read_text())["rows"] == 4
+
+
+def test_two_commands_starting_at_once_on_a_new_workspace(tmp_path):
+    """Both would migrate Prefect's new database when their servers start; one lost (alembic:
+    'expected to match one row') with a 60-line traceback."""
+    ws = tmp_path / "ws"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    runs = []
+    for name in ("a", "b"):
+        src = write_cuhk(tmp_path / f"src-{name}", n=2)
+        err = (tmp_path / f"stderr-{name}.txt").open("w")
+        runs.append((subprocess.Popen(
+            [sys.executable, "-m", "blurset", "-w", str(ws), "ingest", "--kind", "cuhk",
+             "--name", name, str(src)], env=env, stdout=err, stderr=err,
+            start_new_session=True), err, name))
+    for p, err, name in runs:
+        try:
+            p.wait(timeout=300)
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+            err.close()
+        text = (tmp_path / f"stderr-{name}.txt").read_text()
+        assert p.returncode == 0 and "Traceback" not in text, text
+    catalog = Workspace.open(ws).catalog()
+    assert catalog.counts()["paths"] == 4
+    catalog.close()

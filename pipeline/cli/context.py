@@ -36,6 +36,32 @@ def prefect_env(ws_root: Path, verbose: bool = False) -> None:
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
 
 
+def migrate_prefect_once() -> None:
+    """Create or upgrade Prefect's own database under a file lock, once per Prefect version: two
+    commands started at once on a new workspace would otherwise both migrate it when their
+    ephemeral servers start (and one fails). Nothing to do with a Prefect server configured."""
+    import asyncio
+    import fcntl
+
+    import prefect
+    from prefect.settings import get_current_settings
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    home = Path(settings.home)
+    marker = home / f".blurset-migrated-{prefect.__version__}"
+    if marker.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".blurset-migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        if marker.exists():  # the other command migrated it while this one waited
+            return
+        from prefect.server.database import provide_database_interface
+        asyncio.run(provide_database_interface().create_db())
+        marker.touch()
+
+
 @dataclass
 class Ctx:
     """The root group's options; the workspace is opened (and created) on first use."""
@@ -68,6 +94,7 @@ class Ctx:
         _ = self.ws  # sets Prefect's environment before the import
         from blurset.pipeline import flows
         _EXPECTED_FILTER.install(quiet=not self.verbose)
+        migrate_prefect_once()
         return flows
 
     def releases_root(self, root: str | os.PathLike | None) -> Path:
