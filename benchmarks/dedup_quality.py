@@ -22,10 +22,11 @@ imagededup's answer). Scoring follows ``truth.json``:
   (candidate → candidate) reported as duplicates, overall and by transformation;
 - precision: the share of reported pairs whose two files show the same ``photo`` (two copies of
   one reference are a correct pair too). False positives are listed by kind;
-- uncertain: pairs the verifier leaves to a person (neither reported nor rejected), and how many
-  of them are true copies.
+- uncertain: pairs the verifier leaves to a person (neither reported nor rejected), how many
+  of them are true copies, and how many are open (the candidate is not excluded by a verified
+  duplicate anyway, so a person's word changes what is kept).
 
-The last line is ``RESULT set=… recall=… precision=… uncertain=… false_pairs=…
+The last line is ``RESULT set=… recall=… precision=… uncertain=… uncertain_open=… false_pairs=…
 smooth_false_pairs=… imagededup_recall=… imagededup_precision=… pairs=…`` (``pairs`` = planted
 + candidate pairs scored; ``smooth_false_pairs`` = reported pairs with a distinct smooth image).
 """
@@ -198,11 +199,12 @@ def fp_kind(sample: Sample, a: str, b: str) -> str:
 
 
 def print_report(ours: Score, theirs: Score, verdicts: dict[str, int], uncertain_true: int,
-                 n_refs: int, n_cands: int, times: dict[str, float], show_misses: bool) -> None:
+                 uncertain_open: int, n_refs: int, n_cands: int, times: dict[str, float], show_misses: bool) -> None:
     print(f"{n_refs} references, {n_cands} candidates (distinct contents), "
           f"{len(ours.missed) + sum(f for f, _ in ours.by_transform.values())} expected pairs")
     print(f"ours: {ours.reported} duplicate pairs reported, {verdicts.get('uncertain', 0)} "
-          f"uncertain ({uncertain_true} of them true copies), {verdicts.get('rejected', 0)} "
+          f"uncertain ({uncertain_true} of them true copies; {uncertain_open} open: the rest have "
+          f"a candidate excluded by a verified duplicate anyway), {verdicts.get('rejected', 0)} "
           f"look-alikes rejected by verification; hashing {times['hash']:.1f} s, "
           f"dedup {times['dedup']:.1f} s; imagededup {times['imagededup']:.1f} s in all")
     print(f"{'':16}{'ours':>14}{'imagededup@10':>16}")
@@ -265,12 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     theirs = score(sample, ids, their_pairs)
     uncertain = [m for m in matches if m.verdict == "uncertain"]
     uncertain_true = sum(sample.photo[m.candidate] == sample.photo[m.reference] for m in uncertain)
+    # Open: the candidate is not excluded by a verified duplicate anyway, so a person's word
+    # on the pair changes what is kept.
+    excluded = {m.candidate for m in matches if m.verdict == "duplicate"}
+    uncertain_open = sum(m.candidate not in excluded for m in uncertain)
     print_report(ours, theirs, dict(Counter(m.verdict for m in matches)), uncertain_true,
-                 len(refs), len(cands),
+                 uncertain_open, len(refs), len(cands),
                  {"hash": t_hash, "dedup": t_dedup, "imagededup": t_theirs}, args.show_misses)
     smooth_false = sum(n for k, n in ours.false_positives.items() if k.startswith("smooth"))
     print(f"RESULT set={args.which} recall={ours.recall:.3f} precision={ours.precision:.3f} "
-          f"uncertain={len(uncertain)} false_pairs={sum(ours.false_positives.values())} "
+          f"uncertain={len(uncertain)} uncertain_open={uncertain_open} "
+          f"false_pairs={sum(ours.false_positives.values())} "
           f"smooth_false_pairs={smooth_false} "
           f"imagededup_recall={theirs.recall:.3f} imagededup_precision={theirs.precision:.3f} "
           f"pairs={len(sample.expected)} dedup_s={t_dedup:.1f}")

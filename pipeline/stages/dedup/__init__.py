@@ -30,7 +30,8 @@ class Match:
 
     ``distance`` is the Hamming distance of the best hash variant; ``method`` says which variant
     kind matched and on what evidence it was judged (``phash-crop+ecc``: fine band;
-    ``+coarse``: coarse structure; ``+flat``: too little to tell; ``+colour``: colours differ;
+    ``+coarse``: coarse structure; ``+flat``: too little to tell; ``+colour``: colours differ
+    (or, for a duplicate, agree to the noise floor); ``+structure``: structures differ;
     ``+warp``: no plausible alignment; ``+none``: pixels disagree); ``score`` is the deciding
     correlation (-1…1); ``verdict`` is ``"duplicate"``, ``"uncertain"`` (a person decides) or
     ``"rejected"`` (a look-alike).

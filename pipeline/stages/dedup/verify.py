@@ -30,7 +30,6 @@ _CELLS = 4  # the cell grid is _CELLS × _CELLS
 _ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 15, 1e-2)
 _ECC_GAUSS = 5
 _BAND = (1.0, 4.0)  # DoG sigmas of the fine band, thumb pixels; the smooth thumb is the first
-_FINE_BAND = (0.7, 2.0)  # DoG sigmas of the texture measure
 _FLAGS = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
 
 DUPLICATE, UNCERTAIN, REJECTED = "duplicate", "uncertain", "rejected"
@@ -53,6 +52,11 @@ class Bars:
     max_residual_flat: float = 0.6  # ... floor: a duplicate after all
     max_colour_error_coarse: float = 0.15  # coarse: colour residual of one gain, share of it
     min_colour: float = 3.0  # colour grids weaker than this (RMS, Cb/Cr levels) are grey
+    max_colour_error_fine: float = 0.9  # fine: colours this far apart veto the band...
+    max_colour_error_fine_contradicted: float = 0.5  # ... and so do these, when the coarse
+    min_r2_fine: float = 0.9  # ... structure fits one map (R² at least this) yet
+    min_rho_fine: float = 0.7  # ... disagrees (rho below this)
+    max_mismatch: float = 1.2  # coarse: RMS difference of the two structures, grey levels
     scale_range: tuple[float, float] = (0.7, 1.4)  # per-axis scale of the warp
     max_shear: float = 0.15  # off-diagonal terms of the warp's linear part
     min_coverage: float = 0.8  # one image must cover this share of the other
@@ -71,7 +75,6 @@ class Prepared:
     chroma: np.ndarray | None  # (S, S, 2) float32 Cb/Cr - 128, or None (grey image)
     samples: float  # independent samples the fine band holds over the whole thumb
     structure: float  # std of the smooth thumb less its best plane
-    texture: float  # std of the σ 0.7/2 band (finest detail), grey levels
     colour: float  # RMS of the chroma (0 for grey)
 
 
@@ -116,10 +119,7 @@ def prepare(thumb: np.ndarray, chroma: np.ndarray | None = None, *,
     grey = thumb.astype(np.float32)
     if mirrored:
         grey = np.ascontiguousarray(grey[:, ::-1])
-    smooth = cv2.GaussianBlur(grey, (0, 0), _BAND[0])
-    band = smooth - cv2.GaussianBlur(grey, (0, 0), _BAND[1])
-    fine = cv2.GaussianBlur(grey, (0, 0), _FINE_BAND[0]) - cv2.GaussianBlur(grey, (0, 0),
-                                                                           _FINE_BAND[1])
+    smooth, band = _smooth_and_band(grey)
     whole = np.ones((_S, _S), bool)
     colour_grid = None
     colour = 0.0
@@ -131,7 +131,22 @@ def prepare(thumb: np.ndarray, chroma: np.ndarray | None = None, *,
         colour = float(np.sqrt(np.mean(c * c)))
     return Prepared(grey=grey, band=band, smooth=smooth, chroma=colour_grid,
                     samples=_samples(band, whole), structure=float(_deplane(smooth, whole).std()),
-                    texture=float(fine.std()), colour=colour)
+                    colour=colour)
+
+
+_PAD = 12  # > 3 × the widest band sigma
+
+
+def _smooth_and_band(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The thumb smoothed at σ 1 and its DoG σ 1/4 band. The thumb is padded by odd reflection
+    (2·edge − mirror), which continues a ramp straight: a gradient sky has no band at its
+    border (a mirror pad bends every ramp there, and two skies then correlate)."""
+    mirror = cv2.copyMakeBorder(grey, _PAD, _PAD, _PAD, _PAD, cv2.BORDER_REFLECT_101)
+    edge = cv2.copyMakeBorder(grey, _PAD, _PAD, _PAD, _PAD, cv2.BORDER_REPLICATE)
+    padded = 2.0 * edge - mirror
+    inner = (slice(_PAD, -_PAD), slice(_PAD, -_PAD))
+    smooth = cv2.GaussianBlur(padded, (0, 0), _BAND[0])[inner]
+    return smooth, smooth - cv2.GaussianBlur(padded, (0, 0), _BAND[1])[inner]
 
 
 def _samples(band: np.ndarray, mask: np.ndarray) -> float:
@@ -206,19 +221,20 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
             full: bool = True) -> Evidence:
     """The evidence of ``query`` warped onto ``template`` by ``warp`` ((2, 3), inverse map).
 
-    With ``full=False`` the coarse measures are skipped when the fine band already decides.
+    With ``full=False`` the coarse measures are skipped when the fine band already decides
+    (and the colours do not call for a look at the coarse structure).
     """
     inside = _inside(warp)
     if inside.sum() < _S * _S // 4 or not _warp_ok(warp, inside, bars):
         return Evidence(plausible=False)
     aligned = _align(query.grey, warp)
-    smooth = cv2.GaussianBlur(aligned, (0, 0), _BAND[0])
-    band = smooth - cv2.GaussianBlur(aligned, (0, 0), _BAND[1])
+    smooth, band = _smooth_and_band(aligned)
     fine = _cell_median_correlation(template.band, band, inside)
     samples = min(template.samples, query.samples) * float(inside.mean())
     z = float(np.arctanh(min(max(fine, -0.9999), 0.9999)) * np.sqrt(max(samples - 3.0, 1.0)))
     colour_error = _colour_error(template, query, warp, inside, bars)
-    if not full and fine >= bars.min_score and z >= bars.min_z:
+    if (not full and fine >= bars.min_score and z >= bars.min_z
+            and (colour_error is None or colour_error <= bars.max_colour_error_fine_contradicted)):
         return Evidence(True, fine, z, colour_error=colour_error)
     # Photometric relation: one smooth monotone intensity map (quadratic: gamma bends it),
     # judged by its median cell residual.
@@ -278,11 +294,16 @@ def decide(ev: Evidence, distance: int, bars: Bars = BARS) -> Verdict:
     if not ev.plausible:
         return Verdict(REJECTED, "warp", 0.0)
     colour = ev.colour_error
-    if ev.fine >= bars.min_score and ev.z >= bars.min_z:  # clipping may spoil the colour
+    if ev.fine >= bars.min_score and ev.z >= bars.min_z and not _fine_contradicted(ev, bars):
         return Verdict(DUPLICATE, "fine", float(ev.fine))
     if colour is not None and colour > bars.max_colour_error_coarse:
         return Verdict(REJECTED, "colour", float(ev.fine))
     if ev.r2 >= bars.min_r2 and ev.residual <= bars.max_residual:
+        # Structure on both sides that one map does not bring together: a look-alike.
+        mismatch = ev.structure * float(np.sqrt(2.0 * max(0.0, 1.0 - ev.rho)))
+        if mismatch > bars.max_mismatch:
+            verdict = REJECTED if ev.structure >= bars.min_structure else UNCERTAIN
+            return Verdict(verdict, "structure" if verdict == REJECTED else "flat", float(ev.rho))
         grey = colour is None  # no colour to tell smooth look-alikes apart: a stricter bar
         min_rho = bars.min_rho_grey if grey else bars.min_rho
         if (ev.structure >= bars.min_structure and ev.rho >= min_rho
@@ -296,6 +317,18 @@ def decide(ev: Evidence, distance: int, bars: Bars = BARS) -> Verdict:
         return Verdict(UNCERTAIN, "flat", float(ev.rho))
     score = ev.fine if np.isfinite(ev.fine) else 0.0
     return Verdict(REJECTED, "none", float(score))
+
+
+def _fine_contradicted(ev: Evidence, bars: Bars) -> bool:
+    """Fine agreement that colour and coarse structure both deny: interpolation knots of two
+    upscaled fields line up in the band whatever the fields hold. Clipping edits spoil the
+    colour of true copies, hence the high bars."""
+    colour = ev.colour_error
+    if colour is None:
+        return False
+    return bool(colour > bars.max_colour_error_fine
+                or (colour > bars.max_colour_error_fine_contradicted and ev.r2 >= bars.min_r2_fine
+                    and ev.rho < bars.min_rho_fine))
 
 
 # --------------------------------------------------------------------------------------------
