@@ -70,11 +70,25 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @cache
-def _default_mode() -> int:
-    """What ``open()`` would give a new file: 0o666 less the process umask."""
+def _umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the process umask."""
+    return 0o666 & ~_umask()
+
+
+def make_read_only(root: str | os.PathLike) -> None:
+    """Give a finished tree (a release) read-only files and folders others may read, as far as
+    the umask allows: files ``0o444``, folders ``0o755`` (a temporary folder starts ``0o700``)."""
+    umask = _umask()
+    for here, dirs, files in os.walk(root):
+        for f in files:
+            os.chmod(os.path.join(here, f), 0o444 & ~umask)
+        os.chmod(here, 0o755 & ~umask)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None,

@@ -516,3 +516,31 @@ def test_evaluate_hint_names_an_option_the_cli_has(tmp_path):
     assert res.exit_code == 1 and "--allow-extra-preds" in res.output, res.output
     res = run("evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt), "--allow-extra-preds")
     assert res.exit_code == 0, res.output
+
+
+# --------------------------------------------------------------------------------------------
+# Smaller truths
+
+
+def test_a_built_and_a_published_release_are_read_only_and_readable_by_others(small_release,
+                                                                             tmp_path):
+    import os
+    import stat
+    umask = os.umask(0o022)
+    os.umask(umask)
+    dest = Path(R.publish_release(small_release, str(tmp_path / "pub")))
+    for root in (small_release, dest):
+        for p in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            if p.is_dir():
+                assert mode == 0o755 & ~umask, (p, oct(mode))
+            else:
+                assert mode == 0o444 & ~umask, (p, oct(mode))
+
+
+def test_the_catalog_records_the_files_own_mode(tmp_path):
+    ws = ingested(tmp_path)  # RGB JPEGs (hashing decodes a reduced greyscale draft)
+    catalog = ws.catalog()
+    ids = {p["image_id"] for p in catalog.paths_of("cuhk")}
+    assert {catalog.image(i)["mode"] for i in ids} == {"RGB"}
+    catalog.close()

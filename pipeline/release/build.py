@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from blurset.fileio import atomic_write, fsync_dir, remove_stale_temps, tmp_prefix
+from blurset.fileio import (
+    atomic_write,
+    fsync_dir,
+    make_read_only,
+    remove_stale_temps,
+    tmp_prefix,
+)
 from blurset.model.release_format import (
     CARD,
     DATA_DIR,
@@ -183,6 +189,7 @@ def _staged(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{tmp_prefix()}{final.name}-", dir=final.parent))
     try:
         yield tmp
+        make_read_only(tmp)  # a release is never changed: readable by others, read-only
         fsync_dir(tmp)
         try:
             os.rename(tmp, final)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from blurset.fileio import fsync_dir, remove_stale_temps, tmp_prefix
+from blurset.fileio import fsync_dir, make_read_only, remove_stale_temps, tmp_prefix
 from blurset.model.release_format import DATA_DIR, MANIFEST, MANIFEST_SUM
 from blurset.pipeline.release.errors import ReleaseError
 from blurset.pipeline.release.verify import manifest_problems, verify_release
@@ -92,6 +92,7 @@ def _copy_local(path: Path, final: Path, files: list[str]) -> None:
             shutil.copyfile(path / rel, target)
             with target.open("rb+") as fh:
                 os.fsync(fh.fileno())
+        make_read_only(tmp)
         fsync_dir(tmp / DATA_DIR)
         fsync_dir(tmp)
         try:
