@@ -186,6 +186,13 @@ class LocalServer:
                 "pid": pid if pid and self._alive(pid) else None,
                 "data_dir": str(self.data_dir), "log": str(self.log_file)}
 
+    def prepare_data_dir(self) -> Path:
+        """The data folder, private to its owner (0700): its SQLite file holds the admin's API
+        token in clear."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        return self.data_dir
+
     def up(self, timeout: float = 240.0, log=print) -> dict:
         """Start the server (or find it running) and wait until the API answers to our token."""
         host, port = self._host_port()
@@ -204,7 +211,7 @@ class LocalServer:
             raise ServerError(f"a server started by blurset (pid {rec['pid']}) is still starting "
                               f"or stuck; see {self.log_file}, or run `blurset labelstudio down`")
         exe = ensure_installed(log)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_data_dir()
         first_start = not (self.data_dir / "label_studio.sqlite3").exists()
         cmd = [str(exe), "start", "--no-browser", "--internal-host", host, "--port", str(port),
                "--data-dir", str(self.data_dir), "--enable-legacy-api-token"]

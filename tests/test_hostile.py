@@ -544,3 +544,13 @@ def test_the_catalog_records_the_files_own_mode(tmp_path):
     ids = {p["image_id"] for p in catalog.paths_of("cuhk")}
     assert {catalog.image(i)["mode"] for i in ids} == {"RGB"}
     catalog.close()
+
+
+def test_the_label_studio_data_folder_is_private(tmp_path):
+    import stat
+
+    from blurset.annotation.server import LocalServer
+    server = LocalServer.for_workspace(tmp_path / "ws")
+    server.data_dir.mkdir(parents=True)
+    server.data_dir.chmod(0o755)  # as an older blurset left it
+    assert stat.S_IMODE(server.prepare_data_dir().stat().st_mode) == 0o700
