@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
+from PIL import Image
+
 from blurset.annotation.config import BLUR_TYPE, BRUSH, IMAGE
 from blurset.annotation.process import alive, health, read_record, stop_recorded
 from blurset.errors import InputError, ServiceError
@@ -87,9 +89,13 @@ def check_label_config(config: str | None) -> set[str]:
 class Backend:
     """The protocol, without HTTP: one predictor, one document root, one prediction at a time."""
 
-    def __init__(self, predictor: Predictor, document_root: Path):
+    def __init__(self, predictor: Predictor, document_root: Path,
+                 storage: Sequence[Path] | None = None):
+        """``storage``: the folders connected to the project as local storage (the workspace's
+        ``objects/``); when given, an image outside them is refused even under the root."""
         self.predictor = predictor
         self.document_root = Path(document_root).resolve()
+        self.storage = [Path(s).resolve() for s in storage] if storage else None
         self._lock = threading.Lock()  # one model, predicting one batch at a time
 
     @property
@@ -111,13 +117,19 @@ class Backend:
         controls = check_label_config(body.get("label_config"))
         paths = []
         for t in tasks:
-            url = ((t or {}).get("data") or {}).get(IMAGE)
+            if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
+                raise RequestError(f"task {t!r:.80} is not an object with a 'data' object")
+            url = t["data"].get(IMAGE)
             if not isinstance(url, str):
                 raise RequestError(f"task {t.get('id')} has no data.{IMAGE} URL")
             try:
-                paths.append(image_path(url, self.document_root))
+                path = image_path(url, self.document_root)
             except RequestError as e:
                 raise RequestError(f"task {t.get('id')}: {e}") from None
+            if self.storage is not None and not any(path.is_relative_to(s) for s in self.storage):
+                raise RequestError(f"task {t.get('id')}: image {path} is not in the project's "
+                                   f"storage ({', '.join(map(str, self.storage))})")
+            paths.append(path)
         with self._lock:
             predictions = self.predictor.predict(paths)
         results = []
@@ -141,7 +153,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _body(self) -> dict:
-        n = int(self.headers.get("Content-Length") or 0)
+        length = self.headers.get("Content-Length") or "0"
+        try:
+            n = int(length)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise RequestError(f"Content-Length {length!r} is not a number of bytes")
         if n > MAX_BODY:
             raise RequestError(f"request body of {n} bytes is over {MAX_BODY}")
         raw = self.rfile.read(n) if n else b"{}"
@@ -171,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, route(self._body()))
         except RequestError as e:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except (InputError, Image.DecompressionBombError) as e:  # the image, not the model
+            self._send(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": f"image refused: {e}"})
         except (OSError, ValueError, RuntimeError) as e:  # the model failed on a readable request
             self.log_error("prediction failed: %s: %s", type(e).__name__, e)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR,

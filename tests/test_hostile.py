@@ -554,3 +554,67 @@ def test_the_label_studio_data_folder_is_private(tmp_path):
     server.data_dir.mkdir(parents=True)
     server.data_dir.chmod(0o755)  # as an older blurset left it
     assert stat.S_IMODE(server.prepare_data_dir().stat().st_mode) == 0o700
+
+
+# --------------------------------------------------------------------------------------------
+# The ML backend answers every bad request with 4xx JSON, and reads its storage only
+
+
+@pytest.fixture
+def ml_backend(tmp_path):
+    import threading
+
+    from conftest import png_with_claimed_size
+
+    from blurset.annotation.ml_backend import Backend, make_server
+    from blurset.pipeline.stages.prelabel import make_prelabeller
+    root = tmp_path / "ws"
+    (root / "objects" / "ab").mkdir(parents=True)
+    (root / "objects" / "ab" / "ok.jpg").write_bytes(jpeg_bytes(photo(0, (64, 48))))
+    (root / "objects" / "ab" / "bomb.png").write_bytes(png_with_claimed_size(30000, 30000))
+    (root / "labelstudio").mkdir()
+    (root / "labelstudio" / "other.jpg").write_bytes(jpeg_bytes(photo(1, (64, 48))))
+    server = make_server(Backend(make_prelabeller("lbp"), root, storage=[root / "objects"]),
+                         "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _post(port: int, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.putrequest("POST", "/predict")
+        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                     **(headers or {})}.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def _tasks(*items) -> bytes:
+    return json.dumps({"tasks": list(items)}).encode()
+
+
+def _url(rel: str) -> dict:
+    return {"id": 1, "data": {"image": f"/data/local-files/?d={rel}"}}
+
+
+@pytest.mark.parametrize("body,headers,status,words", [
+    (_tasks("a string", 7), None, 400, "is not an object"),
+    (_tasks({"id": 1, "data": "x"}), None, 400, "is not an object"),
+    (_tasks(_url("objects/ab/bomb.png")), None, 422, "image refused"),
+    (_tasks(_url("labelstudio/other.jpg")), None, 400, "not in the project's storage"),
+    (b"{}", {"Content-Length": "-1"}, 400, "Content-Length '-1'"),
+    (b"{}", {"Content-Length": "lots"}, 400, "Content-Length 'lots'"),
+])
+def test_ml_backend_answers_bad_requests_with_4xx_json(ml_backend, body, headers, status, words):
+    got, answer = _post(ml_backend, body, headers)
+    assert got == status and words in answer["error"], answer
+    ok, answer = _post(ml_backend, _tasks(_url("objects/ab/ok.jpg")))  # and it still serves
+    assert ok == 200 and len(answer["results"]) == 1

@@ -100,7 +100,8 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
     from blurset.pipeline.stages.prelabel import make_prelabeller
     predictor = make_prelabeller(_model_spec(checkpoint))
     root = document_root or default_root(c.ws.root)
-    server = make_server(Backend(predictor, root), host, port)
+    # only the project's connected storage (the workspace's objects/) is read
+    server = make_server(Backend(predictor, root, storage=[c.ws.objects.root]), host, port)
     click.echo(f"ML backend for {predictor.model_version} at http://{host}:{port} "
                f"(images under {root})", err=True)
     try:
