@@ -7,6 +7,7 @@ and a re-run continues. The stages they call know nothing of Prefect.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from blurset.errors import BlursetError, ServiceError
@@ -29,6 +31,7 @@ from blurset.pipeline.stages.ingest import (
     ingest_batch,
     items_to_ingest,
     quarantine_orphans,
+    storage_full,
 )
 from blurset.pipeline.stages.prelabel import Prelabeller, make_prelabeller
 from blurset.pipeline.stages.sources import SourceItem, scan_source
@@ -107,7 +110,12 @@ def _batches(items: list, size: int) -> list[list]:
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def ingest_batch_task(root: Path, items: list[SourceItem], objects_root: Path,
                       quarantine_root: Path, max_pixels: int) -> BatchResult:
-    return ingest_batch(root, items, objects_root, quarantine_root, max_pixels)
+    try:
+        return ingest_batch(root, items, objects_root, quarantine_root, max_pixels)
+    except OSError as e:
+        if (full := storage_full(e, Path(objects_root).parent)) is not None:
+            raise full from e
+        raise
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -152,13 +160,20 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
                     failed.append(e)
                     continue
                 # one transaction per batch: every finished batch is kept
-                catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
+                try:
+                    catalog.record_batch(name, res.images, res.paths, res.masks,
+                                         res.quarantined)
+                except (OSError, SQLAlchemyError) as e:
+                    if (full := storage_full(e, ws.catalog_url)) is not None:
+                        raise full from e
+                    raise
                 new_paths += len(res.paths)
                 new_bad += len(res.quarantined)
                 bar.update(len(batch))
-        if failed:
-            logger.error("%s: %d of %d batches failed; the other batches are stored, a re-run "
-                         "does the rest", name, len(failed), len(batches))
+        if failed:  # the CLI shows an expected error in one line: the log says it at info
+            logger.log(logging.INFO if isinstance(failed[0], BlursetError) else logging.ERROR,
+                       "%s: %d of %d batches failed; the other batches are stored, a re-run "
+                       "does the rest", name, len(failed), len(batches))
             raise failed[0]
         counts = catalog.counts()
         summary = IngestSummary(

@@ -618,3 +618,32 @@ def test_ml_backend_answers_bad_requests_with_4xx_json(ml_backend, body, headers
     assert got == status and words in answer["error"], answer
     ok, answer = _post(ml_backend, _tasks(_url("objects/ab/ok.jpg")))  # and it still serves
     assert ok == 200 and len(answer["results"]) == 1
+
+
+@pytest.mark.parametrize("where", ["objects", "catalog"])
+def test_a_full_disk_during_ingest_is_one_line(prefect_harness, tmp_path, monkeypatch, where):
+    import errno
+
+    from sqlalchemy.exc import OperationalError
+
+    from blurset.pipeline import store
+    from blurset.pipeline.catalog import Catalog
+    src = write_cuhk(tmp_path / "src", n=2)
+    ws = tmp_path / "ws"
+    if where == "objects":
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(store, "atomic_write", full)
+    else:
+        def full(*args, **kwargs):
+            raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+        monkeypatch.setattr(Catalog, "record_batch", full)
+    res = run("-w", str(ws), "ingest", "--kind", "cuhk", "--name", "c", str(src))
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    place = ws if where == "objects" else f"sqlite:///{ws / 'catalog.sqlite'}"
+    assert errors == [(f"Error: no space left writing to {place}: free space there and run the "
+                      "ingest again (every batch finished before is kept)")], res.output
+    other = [line for line in res.output.splitlines()
+             if line.strip() and not line.startswith(("Error:", "ingest c:"))]
+    assert other == [], res.output  # nothing but the progress bar and the Error line

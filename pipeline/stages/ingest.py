@@ -7,7 +7,9 @@ or quarantined with a reason (its bytes kept in the quarantine store). Nothing r
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -30,6 +32,22 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.D
 
 class BadFile(BlursetError):
     """A file that cannot be ingested; the message is the quarantine reason."""
+
+
+class StorageFullError(BlursetError):
+    """The disk (or the catalog's database) is full: nothing more can be stored until space is
+    freed; every batch finished before is kept."""
+
+
+def storage_full(e: BaseException, where: str | os.PathLike) -> StorageFullError | None:
+    """A :class:`StorageFullError` naming ``where`` if ``e`` says the disk or the database is
+    full (``ENOSPC``, ``EDQUOT``, SQLite's "database or disk is full"), else None."""
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        "database or disk is full" in str(e)
+    if not full:
+        return None
+    return StorageFullError(f"no space left writing to {where}: free space there and run the "
+                            "ingest again (every batch finished before is kept)")
 
 
 @dataclass
