@@ -57,6 +57,9 @@ class Bars:
     min_r2_fine: float = 0.9  # ... structure fits one map (R² at least this) yet
     min_rho_fine: float = 0.7  # ... disagrees (rho below this)
     max_mismatch: float = 1.2  # coarse: RMS difference of the two structures, grey levels
+    max_mismatch_grey: float = 0.8  # coarse without colour to compare
+    min_score_with_coarse: float = 0.3  # fine band agreeing below its own bars, yet...
+    min_z_with_coarse: float = 4.0  # ... significantly, makes a coarse fit a duplicate
     scale_range: tuple[float, float] = (0.7, 1.4)  # per-axis scale of the warp
     max_shear: float = 0.15  # off-diagonal terms of the warp's linear part
     min_coverage: float = 0.8  # one image must cover this share of the other
@@ -299,12 +302,14 @@ def decide(ev: Evidence, distance: int, bars: Bars = BARS) -> Verdict:
     if colour is not None and colour > bars.max_colour_error_coarse:
         return Verdict(REJECTED, "colour", float(ev.fine))
     if ev.r2 >= bars.min_r2 and ev.residual <= bars.max_residual:
+        grey = colour is None  # no colour to tell smooth look-alikes apart: stricter bars
         # Structure on both sides that one map does not bring together: a look-alike.
         mismatch = ev.structure * float(np.sqrt(2.0 * max(0.0, 1.0 - ev.rho)))
-        if mismatch > bars.max_mismatch:
+        if mismatch > (bars.max_mismatch_grey if grey else bars.max_mismatch):
             verdict = REJECTED if ev.structure >= bars.min_structure else UNCERTAIN
             return Verdict(verdict, "structure" if verdict == REJECTED else "flat", float(ev.rho))
-        grey = colour is None  # no colour to tell smooth look-alikes apart: a stricter bar
+        if ev.fine >= bars.min_score_with_coarse and ev.z >= bars.min_z_with_coarse:
+            return Verdict(DUPLICATE, "coarse", float(ev.rho))  # two weaker kinds agree
         min_rho = bars.min_rho_grey if grey else bars.min_rho
         if (ev.structure >= bars.min_structure and ev.rho >= min_rho
                 and (not grey or ev.residual <= bars.max_residual_grey)):
