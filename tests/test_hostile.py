@@ -647,3 +647,37 @@ def test_a_full_disk_during_ingest_is_one_line(prefect_harness, tmp_path, monkey
     other = [line for line in res.output.splitlines()
              if line.strip() and not line.startswith(("Error:", "ingest c:"))]
     assert other == [], res.output  # nothing but the progress bar and the Error line
+
+
+def test_ml_backend_up_with_a_mistyped_project_creates_nothing(tmp_path, monkeypatch):
+    from blurset.annotation import client as client_module
+    from blurset.annotation.ml_backend import BackendProcess
+
+    created: list[str] = []
+
+    class FakeClient:
+        conn = type("Conn", (), {"url": "http://label-studio.test"})()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def find_project(self, title):
+            return 3 if title == "blur" else None
+
+        def project(self, title):
+            created.append(title)
+            return 4
+
+    monkeypatch.setattr(client_module, "connect", lambda *a, **k: FakeClient())
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("the backend was started for a project that does not exist")
+
+    monkeypatch.setattr(BackendProcess, "up", must_not_start)
+    res = run("-w", str(tmp_path / "ws"), "labelstudio", "ml-backend", "up", "--checkpoint",
+              "lbp", "--project", "TYPO")
+    assert res.exit_code == 1 and res.output.startswith("Error: no project 'TYPO'"), res.output
+    assert created == []

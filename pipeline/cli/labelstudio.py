@@ -115,14 +115,17 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
 @ml_backend.command(name="up")
 @click.option("--checkpoint", required=True, help="A DPN checkpoint, pretrained (the shipped DPN), or laplacian / lbp.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--project", help="Connect it to this Label Studio project (title).")
+@click.option("--project", help="Connect it to this Label Studio project (title); it must "
+                                "exist unless --create-project.")
+@click.option("--create-project", is_flag=True,
+              help="Create the --project if Label Studio has none of that title.")
 @click.option("--retrieve-automatically/--no-retrieve-automatically", default=True,
               show_default=True,
               help="Also predict the tasks the Data Manager lists without a prediction.")
 @click.option("--timeout", default=180.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for the model to load.")
 @pass_ctx
-def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None,
+def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None, create_project: bool,
                retrieve_automatically: bool, timeout: float) -> None:
     """Start the ML backend in the background (or find it running) and connect it to a
     project: Label Studio then asks it for a pre-label when an annotator opens a task."""
@@ -130,6 +133,8 @@ def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None,
     from blurset.pipeline.stages.prelabel import make_prelabeller
     spec = _model_spec(checkpoint)
     make_prelabeller(spec)  # a bad model is refused here, before anything starts
+    if project and not create_project:
+        _existing_project(project)  # a mistyped title is refused before anything starts
     command = [sys.executable, "-P", "-m", "blurset", "-w", str(c.ws.root), "labelstudio",
                "ml-backend", "serve", "--checkpoint", spec, "--host", HOST, "--port", str(port),
                "--document-root", str(document_root(c.ws.root))]
@@ -138,13 +143,24 @@ def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None,
     click.echo(f"ML backend for {st['model_version']} is up at {st['url']} (log: {st['log']})")
     if project:
         _connect_backend(project, st["url"], backend_title(st["model_version"]),
-                         retrieve_automatically)
+                         retrieve_automatically, create_project)
 
 
-def _connect_backend(project: str, url: str, title: str, retrieve_automatically: bool) -> None:
+def _existing_project(project: str) -> int:
+    """The id of the project titled ``project``; UnknownProject (one line) when there is none."""
+    from blurset.annotation.client import connect
+    from blurset.names import validate_title
+    from blurset.pipeline.stages.labelling.project import existing_project
+    validate_title(project)
+    with connect() as client:
+        return existing_project(client, project).id
+
+
+def _connect_backend(project: str, url: str, title: str, retrieve_automatically: bool,
+                     create: bool = False) -> None:
     from blurset.annotation.client import connect
     with connect() as client:
-        project_id = client.project(project)
+        project_id = client.project(project) if create else _existing_project(project)
         ml_id = client.connect_ml_backend(project_id, url, title)
         client.use_ml_backend_predictions(project_id, title, retrieve_automatically)
     click.echo(f"project {project!r} (id {project_id}) uses ML backend {ml_id} ({title!r}) "
