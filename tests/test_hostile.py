@@ -681,3 +681,39 @@ def test_ml_backend_up_with_a_mistyped_project_creates_nothing(tmp_path, monkeyp
               "lbp", "--project", "TYPO")
     assert res.exit_code == 1 and res.output.startswith("Error: no project 'TYPO'"), res.output
     assert created == []
+
+
+def test_label_studio_stopping_during_a_push_is_one_line(prefect_harness, tmp_path,
+                                                         monkeypatch):
+    """The server answered the CLI's first check, then stopped: the retries are quiet and the
+    CLI prints one Error line (it came after 225 lines of tracebacks)."""
+    from blurset.annotation import client as client_module
+    from blurset.errors import ServiceError
+    from blurset.pipeline import flows
+    from blurset.pipeline.stages.dedup.run import run_dedup
+    ws = ingested(tmp_path)
+    catalog = ws.catalog()
+    out = run_dedup(catalog, "cuhk")
+    catalog.replace_findings("cuhk", None, {}, out.summary, out.findings, out.exclusions)
+    catalog.close()
+    calls = []
+
+    class StoppedServer:
+        conn = type("Conn", (), {"url": "http://127.0.0.1:9"})()
+
+        def close(self):
+            pass
+
+        def project(self, title):
+            calls.append(title)
+            raise ServiceError("Label Studio at http://127.0.0.1:9 cannot be reached "
+                               "(connection refused); start it and push again")
+
+    monkeypatch.setattr(client_module, "connect", lambda *a, **k: StoppedServer())
+    monkeypatch.setattr(flows.push_task, "retry_delay_seconds", 0)
+    res = run("-w", str(ws.root), "annotate", "push", "--project", "p")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert len(calls) == 3, res.output  # tried, then retried twice: it may come back
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == [("Error: Label Studio at http://127.0.0.1:9 cannot be reached (connection "
+                     "refused); start it and push again")], res.output
