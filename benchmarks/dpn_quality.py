@@ -3,6 +3,7 @@ handcrafted blur maps, and of its blur-type head against the coherence rule and 
 
     python benchmarks/dpn_quality.py --release synth-heldout@1.0.0 [--checkpoint pretrained]
                                      [--releases-root DIR] [--json FILE] [--limit N]
+                                     [--sheet FILE.png [--sheet-photo PATH ...]]
 
 Every image of the release (or its ``:SPLIT``) is scored at its own size with the classic
 protocol (:mod:`blurset.model.metrics`: per-image min-max normalisation, 256 thresholds, P and R
@@ -13,6 +14,10 @@ coherence rule of the pre-labeller on the DPN's region (map ≥ 0.5), and always
 release's most common type. The last line is machine-readable: ``RESULT dpn_mae=… dpn_max_f=…
 laplacian_mae=… laplacian_max_f=… lbp_mae=… lbp_max_f=… beats_both=… head_acc=… rule_acc=…
 majority_acc=… images=…``.
+
+``--sheet`` also draws a contact sheet for people to judge by eye: each photo (default: the
+scikit-image and scikit-learn photographs, several with natural shallow depth of field, none
+used in training) beside the DPN's map and the Laplacian-variance map (white = blurred).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--releases-root", help="folder of NAME/VERSION releases")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument("--sheet", help="write a contact sheet (PNG) of predictions on photos")
+    parser.add_argument("--sheet-photo", action="append", default=[],
+                        help="another photo for the sheet (repeatable)")
     args = parser.parse_args(argv)
 
     import cv2
@@ -91,9 +99,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"checkpoint": args.checkpoint, "release": release.spec, **numbers}, fh,
                       indent=2)
+    if args.sheet:
+        contact_sheet(model, size, default_sheet_photos() + args.sheet_photo, args.sheet)
+        print(f"contact sheet: {args.sheet}")
     print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in numbers.items()))
     return 0
+
+
+def default_sheet_photos() -> list[str]:
+    from blurset.model.pretrained import HELDOUT_PHOTOS, _library_folder
+
+    return [str(_library_folder(c) / name) for c, names in HELDOUT_PHOTOS.items()
+            if c.startswith("scikit-") for name in names]
+
+
+def contact_sheet(model, size: int, photos: Sequence[str], out: str, row_h: int = 200) -> None:
+    """Rows of photo | DPN map | Laplacian-variance map, each scaled to ``row_h`` pixels high."""
+    import cv2
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from blurset.model.apply import predict_maps, read_rgb
+    from blurset.model.evaluate import baseline_map
+
+    rows = []
+    for path in photos:
+        rgb = read_rgb(path)
+        scale = row_h / rgb.shape[0]
+        w = max(1, round(rgb.shape[1] * scale))
+        cells = [cv2.resize(rgb, (w, row_h), interpolation=cv2.INTER_AREA)]
+        for m in (predict_maps(model, [rgb], input_size=size)[0], baseline_map("laplacian", rgb)):
+            m = m.astype(np.float32)
+            if m.max() > 1.0:
+                m = m / 255.0
+            grey = np.clip(cv2.resize(m, (w, row_h)) * 255, 0, 255).astype(np.uint8)
+            cells.append(np.repeat(grey[..., None], 3, axis=2))
+        rows.append(np.concatenate([np.pad(c, ((0, 0), (0, 4), (0, 0)), constant_values=255)
+                                    for c in cells], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+            for r in rows]
+    sheet = Image.fromarray(np.concatenate([np.full((18, width, 3), 255, np.uint8), *rows]))
+    ImageDraw.Draw(sheet).text((4, 3), "photo | DPN | Laplacian variance; "
+                               "white = blurred", fill=(0, 0, 0))
+    sheet.save(out)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
     if annotate:
         result["dpn"] = _train(demo_dir, ws, 6, steps)
         result["annotation"] = _annotate(demo_dir, ws, catalog, sample_dir, steps,
-                                         result["dpn"]["checkpoint"])
+                                         DEMO_PRELABELLER)
         result["releases"] |= _releases(ws, DEMO_RELEASES[1:], 10, steps)
         result["crosscheck"] = _crosscheck(demo_dir, ws, result["dpn"], steps)
         _summary(demo_dir, ws, result)
@@ -92,6 +92,8 @@ def run_demo(demo_dir: Path, ws: Workspace, annotate: bool = True) -> dict:
 
 
 DEMO_PROJECT = "blurset demo"
+# the shipped DPN (docs/pretrained.md); the DPN the demo trains on its sample is for the crosscheck
+DEMO_PRELABELLER = "pretrained"
 
 
 def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: int,
@@ -106,8 +108,8 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     click.echo(f"[7/{steps}] starting Label Studio at {server.conn.url} (own virtualenv, data in "
                f"{server.data_dir})")
     server.up(log=lambda m: click.echo(f"      {m}"))
-    click.echo(f"[8/{steps}] pushing the images that passed dedup, pre-labelled by the DPN just "
-               "trained (Prefect flow 'annotate-push')")
+    click.echo(f"[8/{steps}] pushing the images that passed dedup, pre-labelled by {checkpoint} "
+               "(the shipped DPN; Prefect flow 'annotate-push')")
     r = push_flow(ws.root, DEMO_PROJECT, prelabel=checkpoint, catalog_url=ws.catalog_url)
     click.echo(f"      {r.pushed} tasks pushed now ({r.with_prelabel} with pre-labels)")
     with connect(server.conn) as client:
