@@ -52,6 +52,15 @@ DRIVER = textwrap.dedent('''
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*a, **kw)
         build._write_card_and_manifest = killing
+    elif point == "import":  # Label Studio holds the batch's tasks, the catalog does not yet
+        from blurset.annotation.client import Client
+        real = Client.import_tasks
+        def killing(self, *a, **kw):
+            ids = real(self, *a, **kw)
+            if due():
+                os.kill(os.getpid(), signal.SIGKILL)
+            return ids
+        Client.import_tasks = killing
     from blurset.pipeline.cli.main import main
     sys.argv = ["blurset", *sys.argv[1:]]
     main()
@@ -64,7 +73,7 @@ def blurset(tmp_path: Path, *args: str, kill_at: str | None = None, nth: int = 1
     server) is stopped too."""
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "KILL_AT": kill_at or "", "KILL_NTH": str(nth),
+    env = {**os.environ, "KILL_AT": kill_at or "", "KILL_NTH": str(nth),  # (Label Studio's too)
            "PREFECT_HOME": str(tmp_path / "prefect-home")}
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out.open("w") as fo, err.open("w") as fe:  # files, not pipes: an orphan may hold them
@@ -167,3 +176,31 @@ def test_two_commands_starting_at_once_on_a_new_workspace(tmp_path):
     catalog = Workspace.open(ws).catalog()
     assert catalog.counts()["paths"] == 4
     catalog.close()
+
+
+def test_push_killed_between_import_and_catalog_then_rerun(label_studio, tmp_path):
+    """The dangerous window: tasks exist in Label Studio, the catalog does not know them."""
+    from blurset.annotation.client import connect
+    from blurset.pipeline.stages.dedup.run import run_dedup
+    src = write_cuhk(tmp_path / "src", n=6)
+    ws = tmp_path / "ws"
+    assert blurset(tmp_path, "-w", str(ws), "ingest", "--kind", "cuhk", "--name", "c",
+                   str(src)).returncode == 0
+    catalog = Workspace.open(ws).catalog()
+    out = run_dedup(catalog, "c")
+    catalog.replace_findings("c", None, {}, out.summary, out.findings, out.exclusions)
+    catalog.close()
+    args = ["-w", str(ws), "annotate", "push", "--project", f"faults {tmp_path.name}",
+            "--source", "c", "--batch-size", "2"]
+    killed = blurset(tmp_path, *args, kill_at="import", nth=2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = blurset(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    with connect() as client:
+        project_id = client.find_project(f"faults {tmp_path.name}")
+        by_image = client.tasks_by_image(project_id)
+    assert len(by_image) == 6 and all(len(ids) == 1 for ids in by_image.values()), by_image
+    catalog = Workspace.open(ws).catalog()
+    assert len(catalog.tasks(label_studio.conn.url, project_id)) == 6
+    catalog.close()
+    assert litter(ws) == []
