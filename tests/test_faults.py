@@ -79,15 +79,33 @@ def blurset(tmp_path: Path, *args: str, kill_at: str | None = None, nth: int = 1
     with out.open("w") as fo, err.open("w") as fe:  # files, not pipes: an orphan may hold them
         p = subprocess.Popen([sys.executable, str(driver), *args], env=env, stdout=fo,
                              stderr=fe, start_new_session=True)
+        survivors = False
         try:
             p.wait(timeout=300)
+            survivors = _session_alive(p.pid, wait=20.0)
         finally:
             try:
                 os.killpg(p.pid, signal.SIGKILL)  # only this run's session
             except ProcessLookupError:
                 pass
             p.wait()
-    return subprocess.CompletedProcess(p.args, p.returncode, out.read_text(), err.read_text())
+    result = subprocess.CompletedProcess(p.args, p.returncode, out.read_text(), err.read_text())
+    result.survivors = survivors  # a process of the run (Prefect's server) outlived it
+    return result
+
+
+def _session_alive(pgid: int, wait: float) -> bool:
+    """Whether a process of group ``pgid`` is still running after ``wait`` seconds."""
+    import time
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.2)
 
 
 def litter(root: Path) -> list[Path]:
@@ -115,6 +133,7 @@ def test_ingest_killed_mid_object_then_rerun(tmp_path):
             "--batch-size", "1"]
     killed = blurset(tmp_path, *args, kill_at="object", nth=5)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not killed.survivors, "Prefect's server outlived the killed command"
     assert litter(ws / "objects"), "the kill point left no temporary file"
     again = blurset(tmp_path, *args)
     assert again.returncode == 0, again.stderr

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +66,36 @@ def migrate_prefect_once() -> None:
         marker.touch()
 
 
+class _PopenDyingWithParent:
+    """``subprocess`` as Prefect's server module sees it: its ``Popen`` asks Linux to send the
+    child SIGTERM when the thread that started it (here: the main thread, so the CLI process)
+    dies, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``)."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):
+        # Only from the main thread: another thread may end long before the process does.
+        if threading.current_thread() is threading.main_thread():
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            kwargs.setdefault("preexec_fn",
+                              lambda: libc.prctl(pr_set_pdeathsig, signal.SIGTERM))
+        return subprocess.Popen(*args, **kwargs)
+
+
+def server_dies_with_cli() -> None:
+    """Make the ephemeral Prefect server that a command starts die with it: killed outright, the
+    command otherwise left the server running (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    from prefect.server.api import server as prefect_server
+    if not isinstance(prefect_server.subprocess, _PopenDyingWithParent):
+        prefect_server.subprocess = _PopenDyingWithParent()
+
+
 @dataclass
 class Ctx:
     """The root group's options; the workspace is opened (and created) on first use."""
@@ -95,6 +129,7 @@ class Ctx:
         from blurset.pipeline import flows
         _EXPECTED_FILTER.install(quiet=not self.verbose)
         migrate_prefect_once()
+        server_dies_with_cli()
         return flows
 
     def releases_root(self, root: str | os.PathLike | None) -> Path:
