@@ -146,6 +146,18 @@ def test_publish_refuses_a_manifest_name_or_version_build_would_refuse(small_rel
     assert {p.name for p in tmp_path.iterdir()} == {"received"}
 
 
+def test_a_manifest_that_is_a_link_out_of_the_release_is_not_read(small_release, tmp_path):
+    rel = copy_of(small_release, tmp_path)
+    outside = tmp_path / "manifest.json"
+    (rel / "manifest.json").rename(outside)
+    (rel / "manifest.json").symlink_to(outside)
+    problems = R.verify_release(rel).problems
+    assert [(p.file, p.message) for p in problems] == [
+        ("manifest.json", "a symbolic link: a release holds only regular files (not read)")]
+    res = run("release", "publish", str(rel), str(tmp_path / "dest"))
+    assert res.exit_code == 1 and not (tmp_path / "dest").exists()
+
+
 def test_verify_survives_malformed_entries(small_release, tmp_path):
     rel = copy_of(small_release, tmp_path)
     rewrite_manifest(rel, lambda m: m["files"].extend([{"path": "README.md"}, "just a string",

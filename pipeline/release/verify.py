@@ -59,6 +59,10 @@ def verify_release(path: str | os.PathLike) -> VerifyReport:
     """
     path = Path(path)
     report = VerifyReport(path)
+    if links := [n for n in (MANIFEST, MANIFEST_SUM) if (path / n).is_symlink()]:
+        for n in links:
+            report.add(n, "a symbolic link: a release holds only regular files (not read)")
+        return report
     try:
         raw = (path / MANIFEST).read_bytes()
     except OSError as e:
