@@ -1,9 +1,9 @@
 """Blur-type head: motion or defocus, from a DPN's own features over the region it calls blurred.
 
-The head is a logistic regression on one vector per image: the DPN's backbone features F3, F4
-and F5 (the ImageNet-pretrained stages for ``efficientnet-lite0``), each averaged twice, weighted
-by the DPN's blur map (the blurred region) and by its complement (the sharp rest), so the head
-sees what the blurred region looks like and how it differs from the rest of the same photo.
+The head is a logistic regression on one vector per image: the DPN's backbone features F1 … F5
+(ImageNet-pretrained for ``efficientnet-lite0``), each summarised over the region the DPN calls
+blurred by its mean and its standard deviation, both weighted by the DPN's blur map. (Chosen
+among five summaries, docs/pretrained.md; the sharp rest's statistics added nothing.)
 Fitted after the DPN on the same training release (its ``blur_type`` column), with the DPN
 frozen; stored inside the checkpoint (``blur_type_head``: plain lists, no pickled objects).
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 CLASSES = ("defocus", "motion")  # label 0, 1
-LEVELS = (2, 3, 4)  # F3, F4, F5
+LEVELS = (0, 1, 2, 3, 4)  # F1 … F5
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,13 @@ class BlurTypeHead:
                              ) from None
 
 
-def _pool(feature: Tensor, weight: Tensor) -> Tensor:
+def _pool(feature: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted mean and standard deviation of ``feature`` (B, C, h, w) → two (B, C)."""
     w = F.interpolate(weight, size=feature.shape[-2:], mode="area")  # (B, 1, h, w)
-    return (feature * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1e-6)  # (B, C)
+    total = w.sum((2, 3)).clamp_min(1e-6)  # (B, 1)
+    mean = (feature * w).sum((2, 3)) / total  # (B, C)
+    var = ((feature - mean[..., None, None]) ** 2 * w).sum((2, 3)) / total
+    return mean, var.sqrt()
 
 
 @torch.no_grad()
@@ -83,7 +87,8 @@ def region_features(model: DPN, x: Tensor, levels: Sequence[int] = LEVELS
                     ) -> tuple[Tensor, Tensor]:
     """One forward pass → (blur probability ``(B, 1, H, W)``, features ``(B, D)``).
 
-    ``x``: RGB ``(B, 3, H, W)`` in [0, 1]. D = 2 × (channels of the chosen levels).
+    ``x``: RGB ``(B, 3, H, W)`` in [0, 1]. D = 2 × (channels of the chosen levels): mean and
+    standard deviation over the blurred region, level by level.
     """
     captured: list[list[Tensor]] = []
     hook = model.backbone.register_forward_hook(lambda m, i, out: captured.append(out))
@@ -94,8 +99,7 @@ def region_features(model: DPN, x: Tensor, levels: Sequence[int] = LEVELS
     feats = captured[0]
     parts = []
     for level in levels:
-        parts.append(_pool(feats[level], prob))  # blurred region
-        parts.append(_pool(feats[level], 1.0 - prob))  # sharp rest
+        parts.extend(_pool(feats[level], prob))  # over the blurred region
     return prob, torch.cat(parts, dim=1).float()
 
 
@@ -119,7 +123,7 @@ def predict_maps_and_types(model: DPN, head: BlurTypeHead | None, rgbs: Sequence
                                   head.levels if head else LEVELS)
         for rgb, p in zip(chunk, prob[:, 0].numpy(), strict=True):
             h, w = rgb.shape[:2]
-            maps.append(cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR))
+            maps.append(np.clip(cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1))
         feats.extend(f.numpy())
     types: list[str | None] = (head.predict(np.stack(feats)) if head and feats
                                else [None] * len(maps))
