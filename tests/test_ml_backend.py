@@ -248,7 +248,8 @@ def test_cli_up_is_idempotent_connects_the_project_and_down_stops_it(
     request.addfinalizer(lambda: runner.invoke(cli, [*args, "down"]))
     project_id, task_id = import_one_image(client, tmp_path, label_studio.document_root, "ml cli")
 
-    up = [*args, "up", "--checkpoint", "lbp", "--port", str(port), "--project", "ml cli"]
+    up = [*args, "up", "--checkpoint", "lbp", "--port", str(port), "--project", "ml cli",
+          "--storage", str(tmp_path / "imgs")]  # the project's local storage
     first = runner.invoke(cli, up)
     assert first.exit_code == 0, first.output
     assert f"ML backend for {LBP} is up at http://127.0.0.1:{port}" in first.output
@@ -278,7 +279,7 @@ def test_cli_up_is_idempotent_connects_the_project_and_down_stops_it(
     # a project's first ML backend)
     port2 = free_port()
     moved = runner.invoke(cli, [*args, "up", "--checkpoint", "laplacian", "--port", str(port2),
-                                "--project", "ml cli"])
+                                "--project", "ml cli", "--storage", str(tmp_path / "imgs")])
     assert moved.exit_code == 0, moved.output
     (ml2,) = client.ml_backends(project_id)
     title2 = backend_title("laplacian-blur-map@blurset")

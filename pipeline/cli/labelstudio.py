@@ -92,8 +92,13 @@ def _model_spec(checkpoint: str) -> str:
 @click.option("--document-root", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="The folder Label Studio serves local files from (default: the "
                    "workspace, or $BLURSET_LABEL_STUDIO_DOCUMENT_ROOT).")
+@click.option("--storage", "storage", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="A folder connected to the project as local storage: only images under one "
+                   "are read (default: the workspace's objects/). Repeatable.")
 @pass_ctx
-def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | None) -> None:
+def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | None,
+          storage: tuple[Path, ...]) -> None:
     """Run the ML backend in the foreground (what `up` starts in the background)."""
     from blurset.annotation.ml_backend import Backend, make_server
     from blurset.annotation.server import document_root as default_root
@@ -101,7 +106,8 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
     predictor = make_prelabeller(_model_spec(checkpoint))
     root = document_root or default_root(c.ws.root)
     # only the project's connected storage (the workspace's objects/) is read
-    server = make_server(Backend(predictor, root, storage=[c.ws.objects.root]), host, port)
+    folders = list(storage) or [c.ws.objects.root]
+    server = make_server(Backend(predictor, root, storage=folders), host, port)
     click.echo(f"ML backend for {predictor.model_version} at http://{host}:{port} "
                f"(images under {root})", err=True)
     try:
@@ -124,9 +130,13 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
               help="Also predict the tasks the Data Manager lists without a prediction.")
 @click.option("--timeout", default=180.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for the model to load.")
+@click.option("--storage", "storage", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="A folder connected to the project as local storage: only images under one "
+                   "are read (default: the workspace's objects/). Repeatable.")
 @pass_ctx
 def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None, create_project: bool,
-               retrieve_automatically: bool, timeout: float) -> None:
+               retrieve_automatically: bool, timeout: float, storage: tuple[Path, ...]) -> None:
     """Start the ML backend in the background (or find it running) and connect it to a
     project: Label Studio then asks it for a pre-label when an annotator opens a task."""
     from blurset.annotation.server import document_root
@@ -137,7 +147,8 @@ def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None, create_p
         _existing_project(project)  # a mistyped title is refused before anything starts
     command = [sys.executable, "-P", "-m", "blurset", "-w", str(c.ws.root), "labelstudio",
                "ml-backend", "serve", "--checkpoint", spec, "--host", HOST, "--port", str(port),
-               "--document-root", str(document_root(c.ws.root))]
+               "--document-root", str(document_root(c.ws.root)),
+               *[a for f in storage for a in ("--storage", str(f.resolve()))]]
     st = _backend(c, port).up(command, spec, timeout=timeout,
                               log=lambda m: click.echo(m, err=True))
     click.echo(f"ML backend for {st['model_version']} is up at {st['url']} (log: {st['log']})")
