@@ -22,6 +22,8 @@ __all__ = [
     "CARD",
     "DATA_DIR",
     "FORMAT",
+    "FORMATS",
+    "FORMAT_V1",
     "HF_FEATURES",
     "HISTOGRAM",
     "IMAGE",
@@ -29,6 +31,7 @@ __all__ = [
     "MANIFEST_SUM",
     "MASK_POLARITY",
     "SCHEMA",
+    "SCHEMAS",
     "SHARD_PATH",
     "SPLIT_NAME",
     "ReleaseNotFoundError",
@@ -39,9 +42,11 @@ __all__ = [
     "read_manifest",
     "shard_path",
     "shard_split",
+    "upright_size",
 ]
 
-FORMAT = "blurset-release/1"
+FORMAT = "blurset-release/2"  # /2 added the `orientation` column
+FORMAT_V1 = "blurset-release/1"
 MANIFEST = "manifest.json"  # every file's sha256 and size, every shard's rows, schema, parent
 MANIFEST_SUM = "manifest.json.sha256"  # the manifest's own checksum (``sha256sum -c`` format)
 CARD = "README.md"  # the dataset card (Hugging Face YAML front matter)
@@ -69,10 +74,11 @@ def shard_split(path: str) -> str | None:
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # = datasets.Image()
 _FIELDS = pa.schema([
     ("id", pa.string()),  # sha256 of the original image bytes
-    ("image", IMAGE),  # the original bytes, unchanged
+    ("image", IMAGE),  # the original bytes, unchanged (orientation not applied)
     ("mask", IMAGE),  # 8-bit PNG, 255 = blurred, 0 = sharp
     ("width", pa.int32()),  # as displayed (after EXIF orientation), = the mask's size
     ("height", pa.int32()),
+    ("orientation", pa.uint8()),  # EXIF Orientation tag (1-8) of the image bytes, 1 when absent
     ("blur_type", pa.string()),  # motion | defocus
     ("source", pa.string()),
     ("source_path", pa.string()),
@@ -80,7 +86,7 @@ _FIELDS = pa.schema([
     ("phash", pa.string()),
     ("annotators", pa.list_(pa.string())),
     ("annotation_ids", pa.list_(pa.int64())),
-    ("blur_degree", pa.float64()),  # mean of mask / 255
+    ("blur_degree", pa.float64()),
 ])
 
 
@@ -89,14 +95,34 @@ def _hf_feature(t: pa.DataType) -> dict:
         return {"_type": "Image"}
     if pa.types.is_list(t):  # "Sequence": read by every `datasets` version (≥ 4 calls it List)
         return {"feature": _hf_feature(t.value_type), "_type": "Sequence"}
-    dtype = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64",
-             pa.float64(): "float64"}[t]
+    dtype = {pa.string(): "string", pa.uint8(): "uint8", pa.int32(): "int32",
+             pa.int64(): "int64", pa.float64(): "float64"}[t]
     return {"dtype": dtype, "_type": "Value"}
 
 
+def _with_hf_metadata(fields: pa.Schema) -> pa.Schema:
+    # The "huggingface" metadata makes `datasets` decode image and mask to PIL images.
+    features = {f.name: _hf_feature(f.type) for f in fields}
+    return fields.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
 HF_FEATURES = {f.name: _hf_feature(f.type) for f in _FIELDS}
-# The "huggingface" metadata makes `datasets` decode image and mask to PIL images.
-SCHEMA = _FIELDS.with_metadata({"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
+SCHEMA = _with_hf_metadata(_FIELDS)
+# Every format this version reads (and `release verify` checks), with its shards' schema:
+# blurset-release/1 had no `orientation` column.
+SCHEMAS = {FORMAT_V1: _with_hf_metadata(_FIELDS.remove(_FIELDS.get_field_index("orientation"))),
+           FORMAT: SCHEMA}
+FORMATS = tuple(SCHEMAS)
+
+# EXIF orientations whose upright image is the stored one turned by 90° (width and height swap).
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+
+
+def upright_size(stored: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) of an image stored as ``stored`` once its EXIF ``orientation`` is applied
+    (as ``PIL.ImageOps.exif_transpose`` does): swapped for orientations 5-8."""
+    w, h = stored
+    return (h, w) if orientation in _TRANSPOSED else (w, h)
 
 
 def manifest_schema() -> dict[str, Any]:

@@ -732,3 +732,85 @@ def test_publish_to_s3_and_never_over_a_published_version(cuhk_release, s3):
     fs.rm(f"{remote}/data/train-00000-of-00001.parquet")
     R.publish_release(cuhk_release, "s3://releases-bucket/blur", storage_options=opts)
     assert sorted(p[len(remote) + 1:] for p in fs.find(remote)) == local
+
+
+# --------------------------------------------------------------------------------------------
+# EXIF orientation
+
+
+def _rewrite(copy: Path, table, fmt: str | None = None) -> None:
+    """Every shard of ``copy`` replaced by ``table``'s rows of its split, the manifest's checksums
+    (and format) updated to match."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for s in manifest["shards"]:
+        shard = copy / s["path"]
+        pq.write_table(table.filter(pc.equal(table.column("split"), s["split"])), shard)
+        s["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+        s["bytes"] = shard.stat().st_size
+    if fmt is not None:
+        manifest["format"] = fmt
+    raw = json.dumps(manifest).encode()
+    (copy / "manifest.json").write_bytes(raw)
+    (copy / "manifest.json.sha256").write_text(f"{hashlib.sha256(raw).hexdigest()}  manifest.json\n")
+
+
+def test_an_exif_rotated_image_has_its_orientation_and_an_upright_mask(env, tmp_path):
+    """The sample's IMG_0042.JPG is stored sideways with EXIF orientation 6: its row says 6, and
+    width, height and mask are of the upright image, which readers get with exif_transpose."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import ImageOps
+
+    from blurset.model.data import decode_pair
+    from blurset.model.release_format import FORMAT, SCHEMAS
+    p = path_row(env, "extra", "IMG_0042.JPG")
+    img = env.catalog.image(p["image_id"])
+    truth = np.zeros((img["height"], img["width"]), np.uint8)
+    truth[:, : img["width"] // 3] = 255  # left third blurred: not symmetric under a turn
+    fake_pull(env, "rot", [{"image_id": p["image_id"], "source": "extra",
+                            "rel_path": "IMG_0042.JPG", "blur_type": "motion",
+                            "masks": [("person-one", truth)]}])
+    info = R.build_release(env.ws, env.catalog, R.ReleaseSpec("rot", "1.0.0", projects=["rot"]))
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT == "blurset-release/2"
+    assert "orientation" in [c["name"] for c in manifest["schema"]["columns"]]
+    (row,) = rows_of(info.path)
+    assert row["orientation"] == 6
+    image = Image.open(io.BytesIO(row["image"]["bytes"]))
+    mask = Image.open(io.BytesIO(row["mask"]["bytes"]))
+    stored = image.size
+    assert stored[0] != stored[1]  # a turn shows in the size
+    assert (row["width"], row["height"]) == (img["width"], img["height"]) == stored[::-1]
+    assert mask.size == (row["width"], row["height"]) == ImageOps.exif_transpose(image).size
+    rgb, grey = decode_pair(row["image"]["bytes"], row["mask"]["bytes"], None, row["id"])
+    assert rgb.size == grey.size == mask.size  # model reading keeps applying exif_transpose
+    np.testing.assert_array_equal(np.asarray(grey), truth)
+    assert R.verify_release(info.path).ok
+    card = (info.path / "README.md").read_text()
+    assert "| `orientation` | `uint8` |" in card and "exif_transpose" in card
+    assert {f["name"]: f.get("dtype") for f in front_matter(card)["dataset_info"]["features"]
+            }["orientation"] == "uint8"
+
+    table = pq.read_table(sorted((info.path / "data").glob("*.parquet")))
+    # A wrong orientation (1: the image would be read sideways against its mask) is caught.
+    wrong = tmp_path / "wrong"
+    shutil.copytree(info.path, wrong)
+    i = table.schema.get_field_index("orientation")
+    _rewrite(wrong, table.set_column(i, "orientation", pa.array([1] * len(table), pa.uint8())))
+    messages = [p.message for p in R.verify_release(wrong).problems]
+    assert any("orientation 1, the image's EXIF orientation is 6" in m for m in messages), messages
+    assert any(f"image is {stored[0]}×{stored[1]} once turned upright by orientation 1" in m
+               for m in messages), messages
+    # A release of the previous format (no orientation column) still verifies.
+    v1 = tmp_path / "v1"
+    shutil.copytree(info.path, v1)
+    old = table.remove_column(i).replace_schema_metadata(SCHEMAS["blurset-release/1"].metadata)
+    _rewrite(v1, old, fmt="blurset-release/1")
+    assert R.verify_release(v1).ok, R.verify_release(v1).problems
+    # ... but not one whose shards lack the column while its manifest says /2.
+    nocol = tmp_path / "nocol"
+    shutil.copytree(info.path, nocol)
+    _rewrite(nocol, old)
+    assert any("schema differs" in p.message for p in R.verify_release(nocol).problems)

@@ -23,6 +23,7 @@ from PIL import Image
 from blurset.model.release_format import IMAGE, SCHEMA, shard_path
 from blurset.pipeline.release.errors import ReleaseError
 from blurset.pipeline.release.select import Candidate
+from blurset.pipeline.stages.ingest import DECODE_ERRORS, exif_orientation
 from blurset.pipeline.workspace import Workspace
 
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -139,6 +140,23 @@ def _blur_degree(cand: Candidate, mask: bytes | memoryview) -> float:
         return float(np.asarray(im.convert("L"), dtype=np.float64).mean() / 255.0)
 
 
+def image_header(data: bytes | memoryview) -> tuple[int, tuple[int, int]]:
+    """(EXIF orientation 1-8, 1 when absent; stored size) of image bytes, read from the header
+    without decoding pixels. Raises the decoder's error (OSError, ValueError, …) when the header
+    cannot be read."""
+    with Image.open(io.BytesIO(data)) as im:
+        return exif_orientation(im), im.size
+
+
+def _orientation(rel: str, data: memoryview) -> int:
+    try:
+        return image_header(data)[0]
+    except DECODE_ERRORS as e:
+        raise ReleaseError(f"object {rel}: its image header cannot be read for the EXIF "
+                           f"orientation ({e}); nothing was released. Quarantine or remove the "
+                           "image from its source, re-ingest, and build again") from None
+
+
 def _check_object(rel: str, data: memoryview) -> None:
     """An object's bytes must hash to its name (the store is content-addressed): a corrupt one
     never enters an immutable release."""
@@ -162,7 +180,7 @@ class _GroupReader:
         self._buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
 
     def read(self, slot: int, group: Sequence[Candidate]
-             ) -> tuple[pa.BinaryArray, pa.BinaryArray, list[memoryview]]:
+             ) -> tuple[pa.BinaryArray, pa.BinaryArray, list[memoryview], list[int]]:
         rels = [c.object_path for c in group] + [c.mask_object for c in group]
         buf = self._buffers[slot]
         offsets = np.zeros(len(rels) + 1, np.int64)
@@ -192,11 +210,14 @@ class _GroupReader:
                 None, pa.py_buffer((off - lo).astype(np.int32)), pa.py_buffer(buf[lo:hi])])
         view = memoryview(buf)
         mask_views = [view[int(offsets[n + i]):int(offsets[n + i + 1])] for i in range(n)]
-        return binary(0, split_at, offsets[:n + 1]), binary(split_at, pos, offsets[n:]), mask_views
+        orientations = [_orientation(rels[i], view[int(offsets[i]):int(offsets[i + 1])])
+                        for i in range(n)]
+        return (binary(0, split_at, offsets[:n + 1]), binary(split_at, pos, offsets[n:]),
+                mask_views, orientations)
 
 
 def _group_table(group: Sequence[Candidate], images_: pa.BinaryArray, masks_: pa.BinaryArray,
-                 degrees: list[float], split: str) -> pa.Table:
+                 orientations: list[int], degrees: list[float], split: str) -> pa.Table:
     n = len(group)
     names = [posixpath.basename(c.source_path) for c in group]
 
@@ -209,6 +230,7 @@ def _group_table(group: Sequence[Candidate], images_: pa.BinaryArray, masks_: pa
         struct(masks_, [posixpath.splitext(name)[0] + ".png" for name in names]),
         pa.array([c.width for c in group], pa.int32()),
         pa.array([c.height for c in group], pa.int32()),
+        pa.array(orientations, pa.uint8()),
         pa.array([c.blur_type for c in group], pa.string()),
         pa.array([c.source for c in group], pa.string()),
         pa.array([c.source_path for c in group], pa.string()),
@@ -287,14 +309,14 @@ def write_shard(path: Path, rows: Sequence[Candidate], split: str, ws: Workspace
                     pq.ParquetWriter(sink, SCHEMA, **_WRITER_OPTIONS) as writer:
                 pending = [read(0)] if groups else []
                 for k, group in enumerate(groups):
-                    images_, masks_, mask_bytes = pending.pop().result()
+                    images_, masks_, mask_bytes, orientations = pending.pop().result()
                     if k + 1 < len(groups):
                         pending.append(read(k + 1))
                     degrees = [_blur_degree(c, m) for c, m in zip(group, mask_bytes, strict=True)]
                     for c, m, d in zip(group, mask_bytes, degrees, strict=True):
                         seen[c.image_id] = (hashlib.sha256(m).hexdigest(), d)
-                    writer.write_table(_group_table(group, images_, masks_, degrees, split),
-                                       row_group_size=len(group))
+                    table = _group_table(group, images_, masks_, orientations, degrees, split)
+                    writer.write_table(table, row_group_size=len(group))
                     hasher.upto(sink.tell())
             synced = reader.submit(fsync_file, path) if fsync else None
             hasher.upto(path.stat().st_size)

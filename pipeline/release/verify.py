@@ -16,10 +16,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from blurset.model.release_format import BLUR_TYPES, MANIFEST, MANIFEST_SUM, SCHEMA, shard_split
+from blurset.model.release_format import (
+    BLUR_TYPES,
+    FORMATS,
+    MANIFEST,
+    MANIFEST_SUM,
+    SCHEMA,
+    SCHEMAS,
+    shard_split,
+    upright_size,
+)
 from blurset.pipeline.release.errors import ReleaseError, ReleaseVerificationError
-from blurset.pipeline.release.shards import sha256_file
+from blurset.pipeline.release.shards import image_header, sha256_file
 from blurset.pipeline.release.versions import validate_name, validate_version
+from blurset.pipeline.stages.ingest import DECODE_ERRORS
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,10 @@ def verify_release(path: str | os.PathLike) -> VerifyReport:
     """Recompute every checksum and re-read every row; never raises for a damaged release.
 
     Checks: the manifest against ``manifest.json.sha256``; every listed file's size and sha256;
-    no unlisted file; every shard read in full with the release schema, its row count and split;
-    every image's sha256 equal to its id; every mask a PNG of the image's size.
+    no unlisted file; every shard read in full with the schema of the manifest's format, its row
+    count and split; every image's sha256 equal to its id; every mask a PNG of the image's size;
+    where the format has an ``orientation`` column (``blurset-release/2``), that it is the image's
+    EXIF orientation and that the image, once turned upright by it, is ``width``×``height``.
     """
     path = Path(path)
     report = VerifyReport(path)
@@ -108,11 +120,16 @@ def verify_release(path: str | os.PathLike) -> VerifyReport:
         elif rel not in names:
             report.add(rel, "not listed in the manifest")
 
+    schema = SCHEMAS.get(manifest.get("format"))
+    if schema is None:
+        report.add(MANIFEST, f"format {manifest.get('format')!r} is not one this blurset reads "
+                             f"({', '.join(FORMATS)}); shards checked against the newest")
+        schema = SCHEMA
     all_ids: list[str] = []
     for shard in manifest["shards"]:
         rel = shard["path"]
         if (path / rel).is_file():
-            all_ids += _verify_shard(path / rel, shard, report)
+            all_ids += _verify_shard(path / rel, shard, schema, report)
     if len(set(all_ids)) != len(all_ids):
         dup = sorted(i for i, n in Counter(all_ids).items() if n > 1)
         report.add("data/", f"{len(dup)} id(s) in more than one row, e.g. {dup[0]}")
@@ -193,16 +210,17 @@ def manifest_problems(root: Path, manifest: object) -> list[tuple[str, str]]:
     return problems
 
 
-def _verify_shard(file: Path, entry: Mapping, report: VerifyReport) -> list[str]:
+def _verify_shard(file: Path, entry: Mapping, schema: pa.Schema,
+                  report: VerifyReport) -> list[str]:
     rel = entry["path"]
     split = shard_split(rel)
     ids: list[str] = []
     try:
         pf = pq.ParquetFile(file)
-        if not pf.schema_arrow.equals(SCHEMA, check_metadata=False):
+        if not pf.schema_arrow.equals(schema, check_metadata=False):
             report.add(rel, f"schema differs from the release schema: {pf.schema_arrow}")
             return ids
-        if (pf.schema_arrow.metadata or {}).get(b"huggingface") != SCHEMA.metadata[b"huggingface"]:
+        if (pf.schema_arrow.metadata or {}).get(b"huggingface") != schema.metadata[b"huggingface"]:
             report.add(rel, "huggingface schema metadata differs from the release's")
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g)
@@ -239,7 +257,28 @@ def _verify_row(rel: str, row: dict, split: str | None, report: VerifyReport) ->
                                     f"expected PNG {row['width']}×{row['height']}")
         except (OSError, SyntaxError, ValueError) as e:
             report.add(rel, f"{where}: mask does not decode as PNG: {e}")
+    if image and "orientation" in row:
+        _verify_orientation(rel, where, image, row, report)
     if split is not None and row["split"] != split:
         report.add(rel, f"{where}: split {row['split']!r} in a {split} shard")
     if row["blur_type"] not in BLUR_TYPES:
         report.add(rel, f"{where}: blur type {row['blur_type']!r}")
+
+
+def _verify_orientation(rel: str, where: str, image: bytes, row: dict,
+                        report: VerifyReport) -> None:
+    """The ``orientation`` column is the image's EXIF orientation, and the image turned upright
+    by it is ``width``×``height`` (the mask's size, checked above)."""
+    try:
+        orientation, stored = image_header(image)
+    except DECODE_ERRORS as e:
+        report.add(rel, f"{where}: image header cannot be read: {e}")
+        return
+    if row["orientation"] != orientation:
+        report.add(rel, f"{where}: orientation {row['orientation']}, the image's EXIF "
+                        f"orientation is {orientation}")
+    upright = upright_size(stored, row["orientation"])
+    if upright != (row["width"], row["height"]):
+        report.add(rel, f"{where}: image is {upright[0]}×{upright[1]} once turned upright by "
+                        f"orientation {row['orientation']}, expected {row['width']}×"
+                        f"{row['height']}")
