@@ -146,18 +146,15 @@ class DpnPrelabeller:
 
     def __init__(self, checkpoint: str | Path, batch_size: int = 4):
         from blurset.model.blur_type import BlurTypeHead
-        from blurset.model.checkpoint import (
-            CheckpointError,
-            CheckpointNotFoundError,
-            load_checkpoint,
-        )
+        from blurset.model.checkpoint import CheckpointNotFoundError
+        from blurset.model.train import CheckpointError, load_checkpoint
         path = Path(checkpoint)
         try:  # the loader resolves the name 'pretrained' (the shipped DPN)
             model, meta = load_checkpoint(path)
         except CheckpointNotFoundError:
             raise PrelabelError(f"pre-labeller {str(checkpoint)!r} is neither one of "
-                                f"{', '.join(HANDCRAFTED)}, pretrained, nor an existing DPN "
-                                "checkpoint file") from None
+                                f"{', '.join(HANDCRAFTED)} nor an existing DPN checkpoint file "
+                                "(nor pretrained, the shipped DPN)") from None
         except CheckpointError as e:
             raise PrelabelError(f"cannot pre-label with {path}: {e}") from None
         train = (meta.get("releases") or {}).get("train") or {}
