@@ -60,6 +60,7 @@ class Bars:
     max_mismatch_grey: float = 0.8  # coarse without colour to compare
     min_score_with_coarse: float = 0.3  # fine band agreeing below its own bars, yet...
     min_z_with_coarse: float = 4.0  # ... significantly, makes a coarse fit a duplicate
+    min_score_for_ecc: float = 0.1  # fine band a pair needs to be refined by ECC (or a fit)
     scale_range: tuple[float, float] = (0.7, 1.4)  # per-axis scale of the warp
     max_shear: float = 0.15  # off-diagonal terms of the warp's linear part
     min_coverage: float = 0.8  # one image must cover this share of the other
@@ -172,8 +173,18 @@ _PLANE = np.stack([np.ones((_S, _S), np.float32),
 def _deplane(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``values[mask]`` less their least-squares plane (1-D)."""
     basis = _PLANE[mask]
-    coef, *_ = np.linalg.lstsq(basis, values[mask], rcond=None)
-    return values[mask] - basis @ coef
+    return values[mask] - basis @ _least_squares(basis, values[mask])
+
+
+def _least_squares(basis: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Coefficients of the least-squares fit of ``values`` (n,) by ``basis`` (n, k), k small:
+    the normal equations (many times faster than ``lstsq`` at this size)."""
+    b = basis.astype(np.float64)
+    try:
+        return np.linalg.solve(b.T @ b, b.T @ values.astype(np.float64))
+    except np.linalg.LinAlgError:  # a degenerate basis (a constant template): any fit
+        coef, *_ = np.linalg.lstsq(b, values, rcond=None)
+        return coef
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,9 +226,21 @@ def _align(query: np.ndarray, warp: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(query, warp, (_S, _S), flags=_FLAGS, borderMode=cv2.BORDER_REPLICATE)
 
 
+_INSIDE_CACHE: dict[bytes, np.ndarray] = {}  # the search's 81 initial warps, and a few more
+
+
 def _inside(warp: np.ndarray) -> np.ndarray:
-    return cv2.warpAffine(np.ones((_S, _S), np.float32), warp, (_S, _S), flags=_FLAGS,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.99
+    """Where the warped query covers the template (read-only; cached per initial warp)."""
+    key = warp.astype(np.float32).tobytes()
+    found = _INSIDE_CACHE.get(key)
+    if found is not None:
+        return found
+    inside = cv2.warpAffine(np.ones((_S, _S), np.float32), warp, (_S, _S), flags=_FLAGS,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.99
+    inside.flags.writeable = False
+    if len(_INSIDE_CACHE) < 512:  # the initial warps come first; ECC's are one-offs
+        _INSIDE_CACHE[key] = inside
+    return inside
 
 
 def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = BARS, *,
@@ -248,13 +271,13 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
                         colour_error=colour_error)
     u = (t - t.mean()) / scale
     basis = np.stack([np.ones_like(u), u, u * u], 1)
-    coef, *_ = np.linalg.lstsq(basis, a, rcond=None)
+    coef = _least_squares(basis, a)
     slope = coef[1] + 2.0 * coef[2] * u  # d a / d u along the template's range
     gain = float(slope.mean()) / scale  # grey levels of a per grey level of the template
     if gain <= 1e-3 or float(slope.min()) <= 0.0:  # not a monotone brightening/darkening
         return Evidence(True, fine, z, r2=0.0, residual=float("inf"), structure=0.0, rho=0.0,
                         colour_error=colour_error)
-    mapped = basis @ coef
+    mapped = (basis @ coef).astype(np.float32)
     residual_map = np.zeros((_S, _S), np.float32)
     residual_map[inside] = a - mapped
     per_cell = _cells(residual_map ** 2).sum(axis=(1, 3))
@@ -284,12 +307,12 @@ def _colour_error(template: Prepared, query: Prepared, warp: np.ndarray, inside:
             or min(template.colour, query.colour) < bars.min_colour):
         return None
     c_a = cv2.warpAffine(query.chroma, warp, (_S, _S), flags=_FLAGS,
-                         borderMode=cv2.BORDER_REPLICATE)[inside]
-    c_t = template.chroma[inside]
-    gain = float((c_t * c_a).sum() / max(float((c_t * c_t).sum()), 1e-9))
-    gain = min(max(gain, 0.3), 3.0)  # saturation changes by contrast, brightness, gamma
-    rest = c_a - gain * c_t
-    return float(np.sqrt((rest * rest).mean() / max(float((c_a * c_a).mean()), 1e-9)))
+                         borderMode=cv2.BORDER_REPLICATE)[inside].ravel()
+    c_t = template.chroma[inside].ravel()
+    aa, ta, tt = float(c_a @ c_a), float(c_t @ c_a), float(c_t @ c_t)
+    gain = min(max(ta / max(tt, 1e-9), 0.3), 3.0)  # saturation: contrast, brightness, gamma
+    rest = aa - 2.0 * gain * ta + gain * gain * tt  # |c_a - gain · c_t|²
+    return float(np.sqrt(max(rest, 0.0) / max(aa, 1e-9)))
 
 
 def decide(ev: Evidence, distance: int, bars: Bars = BARS) -> Verdict:
@@ -373,7 +396,10 @@ def verify_pair(starts: list[Start], bars: Bars = BARS) -> tuple[int, Verdict]:
             return i, verdict
         tried.append((verdict, ev, i))
     verdict, ev, i = max(tried, key=lambda t: (_RANK[t[0].verdict], t[0].score))
-    if ev.plausible and (ev.fine > 0.0 or ev.r2 >= bars.min_r2):
+    # ECC only where it can change the verdict: a fine band already half there, or an intensity
+    # map that fits (not for colours that differ: alignment does not change an 8×8 grid much).
+    if ev.plausible and (ev.fine >= bars.min_score_for_ecc
+                         or (verdict.evidence != "colour" and ev.r2 >= bars.min_r2)):
         start = starts[i]
         warp = refine(start.template, start.query, start.warp)
         if warp is not None:
