@@ -8,6 +8,7 @@ exact duplicate under two names is stored once and both paths are kept. Writes g
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -341,8 +342,7 @@ class Catalog:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
+            self._create_tables()
         except DatabaseError as e:
             self.engine.dispose()
             where = self.engine.url.render_as_string(hide_password=True)
@@ -351,6 +351,21 @@ class Catalog:
                 f"{getattr(e, 'orig', None) or e}. If the disk is full, free space; if the file "
                 "is damaged, restore it from a backup or move it away and ingest again (the "
                 "objects/ folder is kept)") from None
+
+    def _create_tables(self, attempts: int = 5) -> None:
+        """Create what is missing. Two processes opening a new catalog at once can both see a
+        table missing and both create it: the loser's "already exists" means the winner did the
+        work, so look again (``create_all`` skips what exists)."""
+        for attempt in range(attempts):
+            try:
+                metadata.create_all(self.engine)
+                self._add_missing_columns()
+                return
+            except DatabaseError as e:
+                lost_race = "already exists" in str(e) or "duplicate column" in str(e)
+                if not lost_race or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def _add_missing_columns(self) -> None:
         """Add the nullable columns a newer blurset declares to a catalog made by an older one.
