@@ -61,9 +61,20 @@ def migrate_prefect_once() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
         if marker.exists():  # the other command migrated it while this one waited
             return
-        from prefect.server.database import provide_database_interface
-        asyncio.run(provide_database_interface().create_db())
+        asyncio.run(_create_prefect_db())
         marker.touch()
+
+
+async def _create_prefect_db() -> None:
+    """Migrate Prefect's database and register its block types once: two ephemeral servers
+    starting at once otherwise both insert the same block schemas (UNIQUE constraint errors)."""
+    from prefect.server.database import provide_database_interface
+    from prefect.server.models.block_registration import run_block_auto_registration
+    db = provide_database_interface()
+    await db.create_db()
+    session = await db.session()
+    async with session:  # as Prefect's server does it: the registration commits itself
+        await run_block_auto_registration(session=session)
 
 
 class _PopenDyingWithParent:
