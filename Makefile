@@ -24,11 +24,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 # Rebuild the shipped DPN (model/weights/pretrained.pt) from the Debian wallpaper photos and the
-# CUHK mask shapes: make pretrained MASKS=/path/to/cuhk_gt  (about an hour on 2 CPU cores;
-# docs/pretrained.md)
+# CUHK mask shapes: make pretrained MASKS=/path/to/cuhk_gt [OUT=file.pt]  (about an hour on 2
+# CPU cores; docs/pretrained.md)
+OUT ?= model/weights/pretrained.pt
 pretrained: $(STAMP)
-	@test -n "$(MASKS)" || { echo "usage: make pretrained MASKS=/path/to/cuhk_gt (CUHK masks)"; exit 2; }
-	$(BIN)/python -m blurset.model.pretrained build --masks "$(MASKS)"
+	@test -n "$(MASKS)" || { echo "usage: make pretrained MASKS=/path/to/cuhk_gt [OUT=file.pt] (CUHK masks)"; exit 2; }
+	$(BIN)/python -m blurset.model.pretrained build --masks "$(MASKS)" --out "$(OUT)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check blurset pipeline annotation model tests benchmarks

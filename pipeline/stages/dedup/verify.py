@@ -54,8 +54,11 @@ class Bars:
     min_colour: float = 3.0  # colour grids weaker than this (RMS, Cb/Cr levels) are grey
     max_colour_error_fine: float = 0.9  # fine: colours this far apart veto the band...
     max_colour_error_fine_contradicted: float = 0.5  # ... and so do these, when the coarse
-    min_r2_fine: float = 0.9  # ... structure fits one map (R² at least this) yet
+    min_r2_fine: float = 0.5  # ... structure fits one map (R² at least this) yet
     min_rho_fine: float = 0.7  # ... disagrees (rho below this)
+    max_z_weak_fine: float = 9.0  # grey fine band this weak (few samples: smooth)...
+    max_mismatch_weak_fine: float = 4.5  # ... is denied by coarse structures this far apart
+    max_residual_weak_fine: float = 3.0  # ... that one intensity map does not bring together
     max_mismatch: float = 1.2  # coarse: RMS difference of the two structures, grey levels
     max_mismatch_grey: float = 0.8  # coarse without colour to compare
     min_score_with_coarse: float = 0.3  # fine band agreeing below its own bars, yet...
@@ -260,7 +263,8 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
     z = float(np.arctanh(min(max(fine, -0.9999), 0.9999)) * np.sqrt(max(samples - 3.0, 1.0)))
     colour_error = _colour_error(template, query, warp, inside, bars)
     if (not full and fine >= bars.min_score and z >= bars.min_z
-            and (colour_error is None or colour_error <= bars.max_colour_error_fine_contradicted)):
+            and (colour_error is None or colour_error <= bars.max_colour_error_fine_contradicted)
+            and (colour_error is not None or z >= bars.max_z_weak_fine)):
         return Evidence(True, fine, z, colour_error=colour_error)
     # Photometric relation: one smooth monotone intensity map (quadratic: gamma bends it),
     # judged by its median cell residual.
@@ -348,12 +352,18 @@ def decide(ev: Evidence, distance: int, bars: Bars = BARS) -> Verdict:
 
 
 def _fine_contradicted(ev: Evidence, bars: Bars) -> bool:
-    """Fine agreement that colour and coarse structure both deny: interpolation knots of two
-    upscaled fields line up in the band whatever the fields hold. Clipping edits spoil the
-    colour of true copies, hence the high bars."""
+    """Fine agreement that colour and coarse structure both deny: features of two smooth fields
+    that sit on the same lattice (the interpolation knots of upscaled fields, the bumps of a
+    horizon drawn through them) line up in the band whatever the fields hold. Clipping edits
+    spoil the colour and the intensity map of true copies, hence the high bars; a grey pair has
+    no colour, so there a weak band (few samples) is denied by the coarse structure alone."""
     colour = ev.colour_error
     if colour is None:
-        return False
+        if not (ev.z < bars.max_z_weak_fine and np.isfinite(ev.residual)):
+            return False
+        mismatch = ev.structure * float(np.sqrt(2.0 * max(0.0, 1.0 - ev.rho)))
+        return bool(mismatch > bars.max_mismatch_weak_fine
+                    and ev.residual > bars.max_residual_weak_fine)
     return bool(colour > bars.max_colour_error_fine
                 or (colour > bars.max_colour_error_fine_contradicted and ev.r2 >= bars.min_r2_fine
                     and ev.rho < bars.min_rho_fine))
