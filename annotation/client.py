@@ -20,7 +20,7 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from blurset.annotation.config import LABEL_CONFIG
+from blurset.annotation.config import BLUR_TYPE_HINT, BRUSH, LABEL_CONFIG
 from blurset.annotation.server import Connection
 from blurset.errors import ServiceError
 
@@ -125,13 +125,53 @@ class Client:
 
     @_guarded("find or create the project")
     def project(self, title: str) -> int:
-        """The id of the project titled ``title``, created with blurset's labelling config if new."""
+        """The id of the project titled ``title``, created with blurset's labelling config if new.
+
+        A project made by an older blurset (its brush, but no hint control: predictions ticked
+        the annotator's answer) is brought to the current config, which keeps every control
+        and label it had, so its annotations stay valid.
+        """
         found = self.find_project.__wrapped__(self, title)
         if found is not None:
+            config = self.sdk.projects.get(id=found, request_options=self._opts()).label_config
+            if (config and f'name="{BRUSH}"' in config and BLUR_TYPE_HINT not in config
+                    and config != LABEL_CONFIG):
+                self.sdk.projects.update(id=found, label_config=LABEL_CONFIG,
+                                         request_options=self._opts())
             return found
         return self.sdk.projects.create(title=title, label_config=LABEL_CONFIG,
                                         description="blurset: paint the blurred regions",
                                         request_options=self._opts()).id
+
+    @_guarded("set the project's overlap")
+    def set_overlap(self, project_id: int, share: float) -> None:
+        """Have ``share`` of the project's tasks labelled by two different people (Label
+        Studio's own overlap: ``maximum_annotations`` 2 on a cohort of
+        ``overlap_cohort_percentage`` of the tasks, re-drawn by Label Studio on every import);
+        0 gives every task one annotator."""
+        percent = round(share * 100)
+        self.sdk.projects.update(id=project_id, maximum_annotations=2 if percent else 1,
+                                 overlap_cohort_percentage=percent or 100,
+                                 request_options=self._opts())
+
+    @_guarded("read the tasks' overlap")
+    def overlaps(self, project_id: int) -> dict[int, int]:
+        """task id → how many annotators Label Studio asks for it."""
+        found: dict[int, int] = {}
+        page = 1
+        while True:
+            r = self._http.get("/api/tasks", params={"project": project_id, "page": page,
+                                                     "page_size": 1000, "fields": "all"})
+            if r.status_code == 404:
+                break
+            r.raise_for_status()
+            body = r.json()
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            found.update({t["id"]: int(t.get("overlap") or 1) for t in tasks})
+            if len(tasks) < 1000:
+                break
+            page += 1
+        return found
 
     @_guarded("connect the project to local files")
     def ensure_local_storage(self, project_id: int, path: str) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blurset.annotation import rle
-from blurset.annotation.config import BLUR_TYPE, BRUSH, REJECT
+from blurset.annotation.config import BLUR_TYPE, BLUR_TYPE_HINT, BRUSH, REJECT
 from blurset.errors import InputError
 
 
@@ -31,8 +31,9 @@ class ExportedAnnotation:
     lead_time: float | None
     was_cancelled: bool
     brush: list[dict]  # the brush result items, raw
-    blur_type: str | None
+    blur_type: str | None  # the annotator's blur_type choice, as submitted
     reject: str | None
+    hint: str | None = None  # the model's guess (blur_type_hint), copied from the prediction
 
     def mask(self, height: int, width: int) -> np.ndarray:
         """The union of the brush strokes as uint8 0/255 (255 = blurred) of the image's size."""
@@ -68,7 +69,8 @@ class ExportedTask:
         return sorted(subs, key=lambda a: (a.updated_at or a.created_at or "", a.id))
 
 
-def _choice(result: list[dict], name: str) -> str | None:
+def choice_of(result: list[dict], name: str) -> str | None:
+    """The first choice of the Choices control ``name`` in a result list, or None."""
     for item in result:
         if item.get("from_name") == name and item.get("type") == "choices":
             choices = (item.get("value") or {}).get("choices") or []
@@ -97,7 +99,8 @@ def parse_export(raw: bytes | str) -> list[ExportedTask]:
                 lead_time=a.get("lead_time"), was_cancelled=bool(a.get("was_cancelled")),
                 brush=[r for r in result if r.get("from_name") == BRUSH
                        and r.get("type") == "brushlabels"],
-                blur_type=_choice(result, BLUR_TYPE), reject=_choice(result, REJECT)))
+                blur_type=choice_of(result, BLUR_TYPE), reject=choice_of(result, REJECT),
+                hint=choice_of(result, BLUR_TYPE_HINT)))
         data_ = t.get("data") or {}
         tasks.append(ExportedTask(id=int(t["id"]), image_id=data_.get("id"), data=data_,
                                   annotations=anns))

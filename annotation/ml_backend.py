@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 from PIL import Image
 
-from blurset.annotation.config import BLUR_TYPE, BRUSH, IMAGE
+from blurset.annotation.config import BLUR_TYPE, BLUR_TYPE_HINT, BRUSH, IMAGE
 from blurset.annotation.process import alive, health, read_record, stop_recorded
 from blurset.errors import InputError, ServiceError
 
@@ -67,12 +67,14 @@ def image_path(url: str, root: Path) -> Path:
 
 
 def check_label_config(config: str | None) -> set[str]:
-    """The control names of a labelling config, after checking it has blurset's brush.
+    """The control names of a labelling config a prediction may fill, after checking it has
+    blurset's brush: never ``blur_type``, the annotator's answer (the model's guess goes to
+    ``blur_type_hint``).
 
     Raises RequestError naming the tag to add when the brush on the image is missing.
     """
     if not config:
-        return {BRUSH, BLUR_TYPE}
+        return {BRUSH, BLUR_TYPE_HINT}
     try:
         root = ET.fromstring(config)
     except ET.ParseError as e:
@@ -83,7 +85,7 @@ def check_label_config(config: str | None) -> set[str]:
         raise RequestError(f'the project\'s labelling config has no <BrushLabels name="{BRUSH}" '
                            f'toName="{IMAGE}">; add it, or create the project with blurset '
                            "(annotation/config.py LABEL_CONFIG)")
-    return {n for n in names if n}
+    return {n for n in names if n and n != BLUR_TYPE}
 
 
 class Backend:

@@ -155,7 +155,10 @@ annotation_tasks = Table(
     Column("prelabel", String),  # model_version of the prediction pushed with the task
     Column("status", String, nullable=False),  # pushed | annotated | rejected | deleted
     Column("current_annotation_id", Integer),
-    Column("blur_type", String),
+    Column("blur_type", String),  # what the annotator chose (never the model's guess)
+    Column("blur_type_hint", String),  # the model's guess shown to the annotator, and ...
+    Column("hint_version", String),  # ... the model_version that made it
+    Column("resolved_annotation_id", Integer),  # `annotate resolve`: the release takes this one
     Column("annotators", Text),  # JSON list of everyone who submitted an annotation
     Column("agreement_iou", Float),  # mean pairwise IoU of the annotators' latest masks
     # the current annotation against the pre-label it started from (see labelling.pull)
@@ -178,7 +181,9 @@ annotations = Table(
     Column("created_at", String),
     Column("updated_at", String),
     Column("lead_time", Float),
-    Column("blur_type", String),
+    Column("blur_type", String),  # the annotator's choice; None when rejected or not chosen
+    Column("blur_type_hint", String),  # the model's guess it started from, and its model_version
+    Column("hint_version", String),
     Column("rejected", String),  # the reject choice, or None
     Column("mask_object", Text),  # normalised 8-bit PNG in the object store, 255 = blurred
     Column("blur_degree", Float),
@@ -674,6 +679,27 @@ class Catalog:
                     annotation_tasks.c.project_id == project_id,
                     annotation_tasks.c.task_id == u["task_id"])
                     .values(**{k: v for k, v in u.items() if k != "task_id"}, updated_at=ts))
+
+    def resolve_task(self, server: str, project_id: int, task_id: int,
+                     annotation_id: int | None) -> None:
+        """Record which annotation of a task the release takes (None: the most recent again);
+        the next pull makes it the task's current one."""
+        with self.engine.begin() as c:
+            c.execute(update(annotation_tasks).where(
+                annotation_tasks.c.server == server, annotation_tasks.c.project_id == project_id,
+                annotation_tasks.c.task_id == task_id)
+                .values(resolved_annotation_id=annotation_id, updated_at=now()))
+
+    def hint_agreement(self, image_ids: Sequence[str]) -> tuple[int, int]:
+        """Of these images' tasks where a person chose a blur type and the model had guessed
+        one: how many, and in how many the two agree."""
+        t = annotation_tasks
+        q = select(t.c.blur_type, t.c.blur_type_hint).where(
+            t.c.image_id.in_(list(image_ids)), t.c.blur_type.is_not(None),
+            t.c.blur_type_hint.is_not(None))
+        with self.engine.connect() as c:
+            pairs = list(c.execute(q))
+        return len(pairs), sum(b == h for b, h in pairs)
 
     def annotations_of(self, server: str, project_id: int) -> list[dict]:
         with self.engine.connect() as c:

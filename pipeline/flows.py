@@ -252,14 +252,15 @@ def _transient(task, task_run, state) -> bool:
       retry_condition_fn=_transient)
 def push_task(ws: Workspace, project: str, sources: list[str] | None, limit: int | None,
               batch_size: int, prelabel: str | None, rank: bool, min_blur: float,
-              max_blur: float, show_progress: bool) -> PushReport:
+              max_blur: float, show_progress: bool, overlap: float | None = None) -> PushReport:
     from blurset.annotation.client import connect
     from blurset.pipeline.stages.labelling import push
     catalog, client = ws.catalog(), connect()
     tasks = _Bar(show_progress, desc=f"push {project}", unit="task")
     try:
         return push(catalog, client, ws, project, sources, limit, batch_size, tasks.update,
-                    prelabel=prelabel, rank=rank, min_blur=min_blur, max_blur=max_blur)
+                    prelabel=prelabel, rank=rank, min_blur=min_blur, max_blur=max_blur,
+                    overlap=overlap)
     finally:
         tasks.close()
         client.close()
@@ -270,16 +271,17 @@ def push_task(ws: Workspace, project: str, sources: list[str] | None, limit: int
 def push_flow(workspace: Path, project: str, *, sources: list[str] | None = None,
               limit: int | None = None, batch_size: int = 100, prelabel: str | None = None,
               rank: bool = False, min_blur: float = 0.02, max_blur: float = 0.98,
-              catalog_url: str | None = None, show_progress: bool = True
-              ) -> PushReport:
+              catalog_url: str | None = None, show_progress: bool = True,
+              overlap: float | None = None) -> PushReport:
     """Import a task (with a pre-label where a mask is known, or from ``prelabel``) for every
-    image not yet pushed; ``rank``: most informative first, hopeless ones left out.
+    image not yet pushed; ``rank``: most informative first, hopeless ones left out;
+    ``overlap``: the share of tasks two people label.
 
     The retries are safe: a push reconciles with the project's tasks before importing.
     """
     ws = Workspace.open(workspace, catalog_url)
     report = push_task(ws, project, sources, limit, batch_size, prelabel, rank, min_blur,
-                       max_blur, show_progress)
+                       max_blur, show_progress, overlap)
     create_table_artifact(key=f"push-{slug(project)}", table=[
         {k: v for k, v in asdict(report).items() if not isinstance(v, list)}],
         description=f"blurset annotate push to {report.url}")

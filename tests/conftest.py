@@ -32,7 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # Fixtures that start a real component: a test using one is an integration test, marked or not.
-INTEGRATION_FIXTURES = {"prefect_harness", "label_studio"}
+INTEGRATION_FIXTURES = {"prefect_harness", "label_studio", "labelling_browser"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item, so a fixture's teardown knows the test failed
+    (the browser tests keep a screenshot then)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -157,3 +166,22 @@ def label_studio(tmp_path_factory):
             yield server
         finally:
             server.down()
+
+
+@pytest.fixture
+def labelling_browser(label_studio, tmp_path, request):
+    """Label Studio's labelling view in headless Chromium, logged in as the server's admin.
+
+    Installs Debian's chromium and chromium-driver through apt if missing, and skips, saying
+    why, where that is impossible. On failure the page is kept as a screenshot (path printed).
+    """
+    from browser import LabellingView, browser_or_skip, keep_screenshot_on_failure, start_chromium
+    browser_or_skip()
+    driver = start_chromium(tmp_path / "chromium-profile")
+    view = LabellingView(driver, label_studio.conn.url)
+    try:
+        view.login(label_studio.username, label_studio.password)
+        yield view
+    finally:
+        keep_screenshot_on_failure(request, driver, tmp_path)
+        driver.quit()

@@ -16,7 +16,7 @@ from conftest import free_port, jpeg_bytes, photo
 from test_prelabel import MODEL, checkpoints  # noqa: F401 (a tiny trained DPN, module fixture)
 
 from blurset.annotation.client import TaskSpec, connect, local_file_url
-from blurset.annotation.config import BLUR_TYPE, BRUSH, LABEL_CONFIG
+from blurset.annotation.config import BLUR_TYPE, BLUR_TYPE_HINT, BRUSH, LABEL_CONFIG
 from blurset.annotation.ml_backend import (
     Backend,
     BackendError,
@@ -112,7 +112,9 @@ def test_predict_answers_one_prediction_per_task_as_the_prelabeller_does(backend
     for got, want in zip(body["results"], direct, strict=True):
         assert set(got) == {"result", "score", "model_version"}
         assert got["model_version"] == LBP and got["score"] == pytest.approx(want["score"])
-        assert {r["from_name"] for r in got["result"]} <= {BRUSH, BLUR_TYPE}
+        # the guessed blur type is a hint in its own control, never the annotator's answer
+        assert {r["from_name"] for r in got["result"]} == {BRUSH, BLUR_TYPE_HINT}
+        assert BLUR_TYPE not in {r["from_name"] for r in got["result"]}
         np.testing.assert_array_equal(prediction_mask(got), prediction_mask(want))
         assert prediction_mask(got).shape == (120, 160)
 

@@ -16,7 +16,14 @@ from test_train import write_release
 
 from blurset.annotation import rle
 from blurset.annotation.client import connect
-from blurset.annotation.config import BLUR_TYPE, BLUR_TYPES, BRUSH, brush_result, choice_result
+from blurset.annotation.config import (
+    BLUR_TYPE,
+    BLUR_TYPE_HINT,
+    BLUR_TYPES,
+    BRUSH,
+    brush_result,
+    choice_result,
+)
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.cli.main import cli
 from blurset.pipeline.stages.labelling import (
@@ -102,8 +109,9 @@ def test_push_with_a_checkpoint_predicts_mask_score_and_blur_type(
         assert p["model_version"] == t["prelabel"] == MODEL
         assert 0.0 <= p["score"] <= 1.0
         brush = [x for x in p["result"] if x["from_name"] == BRUSH]
-        choice = [x for x in p["result"] if x["from_name"] == BLUR_TYPE]
-        assert len(brush) == 1 and len(choice) == 1
+        choice = [x for x in p["result"] if x["from_name"] == BLUR_TYPE_HINT]
+        assert len(brush) == 1 and len(choice) == 1  # the guess is a hint ...
+        assert not [x for x in p["result"] if x["from_name"] == BLUR_TYPE]  # ... never the answer
         assert choice[0]["value"]["choices"][0] in BLUR_TYPES
         assert (brush[0]["original_width"], brush[0]["original_height"]) == (img["width"], img["height"])
         assert prediction_mask(p).shape == (img["height"], img["width"])
@@ -153,13 +161,17 @@ def test_pull_measures_the_work_saved_and_status_reports_it(
     preds = predictions_by_task(client, r.project_id)
     user = client.ensure_user("prelabel-person@blurset.local")
     same = preds[tasks["c0.jpg"]][0]
-    client.annotate(tasks["c0.jpg"], same["result"], user)  # accepted as it was
+    # accepted as it was: the mask kept, and the annotator chose a blur type
+    client.annotate(tasks["c0.jpg"], [*same["result"], choice_result(BLUR_TYPE, "defocus")], user)
+    # an untouched copy of the pre-label, submitted without a choice: not work saved
+    client.annotate(tasks["c3.jpg"], preds[tasks["c3.jpg"]][0]["result"], user)
     moved = 255 - prediction_mask(preds[tasks["c1.jpg"]][0])  # painted the other way round
     client.annotate(tasks["c1.jpg"], [brush_result(rle.encode(moved), 300, 200),
                                       choice_result(BLUR_TYPE, "motion")], user)
 
     rep = pull(catalog, client, ws, "pre saved")
-    assert rep.annotated == 2
+    assert (rep.annotated, rep.pending) == (2, 2)  # the untouched copy is still to do
+    assert any("c3.jpg" in p and "no blur type" in p for p in rep.problems)
     assert any(p.name.startswith("predictions-") for p in Path(rep.snapshot).parent.iterdir())
     after = {t["rel_path"]: t for t in catalog.tasks(client.conn.url, r.project_id)}
     assert after["c0.jpg"]["prelabel_iou"] == pytest.approx(1.0)
@@ -167,10 +179,12 @@ def test_pull_measures_the_work_saved_and_status_reports_it(
     assert after["c0.jpg"]["prelabel_version"] == "lbp-blur-map@blurset"
     assert after["c1.jpg"]["prelabel_iou"] < 0.99 and after["c1.jpg"]["prelabel_accepted"] is False
     assert after["c2.jpg"]["prelabel_iou"] is None  # not annotated: nothing measured
+    assert after["c3.jpg"]["prelabel_iou"] is None and after["c3.jpg"]["status"] == "pushed"
 
     st = status(catalog, client.conn.url, r.project_id)
     expected_iou = (1.0 + after["c1.jpg"]["prelabel_iou"]) / 2
     assert st.prelabelled_annotated == 2 and st.prelabel_accepted_share == 0.5
+    assert st.submitted_without_choice == 1 and st.with_prelabel == 4
     assert st.mean_prelabel_iou == pytest.approx(expected_iou, abs=1e-4)
     assert set(st.prelabel_by_model_version) == {"lbp-blur-map@blurset"}
     out = CliRunner().invoke(cli, ["-w", str(ws.root), "annotate", "status", "--project", "pre saved"])

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from blurset.annotation import rle
-from blurset.annotation.config import BLUR_TYPE, BRUSH, brush_result, choice_result
+from blurset.annotation.config import BLUR_TYPE_HINT, BRUSH, brush_result, choice_result
 from blurset.errors import InputError
 
 HANDCRAFTED = ("laplacian", "lbp")
@@ -35,11 +35,13 @@ class PrelabelError(InputError):
 
 def prelabel_from_mask(mask: np.ndarray, model_version: str, score: float,
                        blur_type: str | None = None) -> dict:
-    """A Label Studio prediction holding a blur mask as brush RLE (and a blur type if given)."""
+    """A Label Studio prediction holding a blur mask as brush RLE, and the guessed blur type (if
+    given) in the read-only hint control ``blur_type_hint``: never in ``blur_type``, the
+    annotator's answer, which a prediction must not fill in."""
     h, w = mask.shape
     result = [brush_result(rle.encode(mask), w, h)]
     if blur_type is not None:
-        result.append(choice_result(BLUR_TYPE, blur_type))
+        result.append(dict(choice_result(BLUR_TYPE_HINT, blur_type), readonly=True))
     return {"model_version": model_version, "score": float(score), "result": result}
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from blurset.annotation.client import Client
+from blurset.annotation.config import BLUR_TYPE, BLUR_TYPE_HINT
 from blurset.annotation.export import (
     ExportedAnnotation,
     ExportedTask,
     MaskProblem,
+    choice_of,
     mask_iou,
     mean_pairwise_iou,
     parse_export,
@@ -103,7 +105,12 @@ def read_export(client: Client, ws: Workspace, ref: ProjectRef) -> tuple[_Export
 def _pull_task(catalog: Catalog, ws: Workspace, ref: ProjectRef, export: _Export, t: dict,
                rows: _Rows, problems: list[str]) -> str:
     """Add one catalog task's rows; returns what it is now: ``annotated``, ``rejected``,
-    ``pending`` or ``deleted``."""
+    ``pending`` or ``deleted``.
+
+    The current annotation is the one ``annotate resolve`` chose, else the most recent
+    submitted one. It makes the task annotated only if a person chose its blur type (or
+    rejected the image): a submission without a choice is recorded, and the task stays to do.
+    """
     task_id, where = t["task_id"], f"task {t['task_id']} ({t['source']}/{t['rel_path']})"
     rows.sources_of[t["image_id"]] = (t["source"], t["rel_path"])
     ex = export.tasks.get(task_id)
@@ -113,24 +120,42 @@ def _pull_task(catalog: Catalog, ws: Workspace, ref: ProjectRef, export: _Export
                             "in the catalog")
             rows.task_updates.append({"task_id": task_id, "status": "deleted"})
         return "deleted"
+    predictions = export.predictions.get(task_id, [])
+    # a pre-label from any source (push, `annotate prelabel`, the ML backend) counts alike
+    seen = _latest_prediction_version(predictions) if t["prelabel"] is None else None
     subs = ex.submitted()
     if not subs:
+        if seen is not None:
+            rows.task_updates.append({"task_id": task_id, "prelabel": seen})
         return "pending"
     img = catalog.image(t["image_id"])
     decoded = [_annotation_row(ws, export, t, a, img["height"], img["width"], problems, where)
                for a in subs]
     rows.annotations.extend(row for row, _ in decoded)
-    current, (row, mask) = subs[-1], decoded[-1]  # the most recent submitted annotation wins
+    chosen = [i for i, a in enumerate(subs) if a.id == t.get("resolved_annotation_id")]
+    if t.get("resolved_annotation_id") is not None and not chosen:
+        problems.append(f"{where}: the annotation {t['resolved_annotation_id']} chosen by "
+                        "`annotate resolve` is gone from Label Studio; the most recent one is used")
+    at = chosen[0] if chosen else len(subs) - 1  # else the most recent submitted one wins
+    current, (row, mask) = subs[at], decoded[at]
     update = {"task_id": task_id, "current_annotation_id": current.id,
-              "blur_type": current.blur_type,
+              "blur_type": row["blur_type"], "blur_type_hint": row["blur_type_hint"],
+              "hint_version": row["hint_version"],
               "annotators": json.dumps(sorted({r["annotator"] for r, _ in decoded})),
               "agreement_iou": mean_pairwise_iou(list(
-                  {r["annotator"]: m for r, m in decoded if m is not None}.values()))}
+                  {r["annotator"]: m for r, m in decoded if m is not None}.values())),
+              "prelabel_version": None, "prelabel_iou": None, "prelabel_accepted": None}
+    if seen is not None:
+        update["prelabel"] = seen
     if current.reject is not None:
         update["status"] = "rejected"
+    elif mask is not None and row["blur_type"] is None:
+        problems.append(f"{where}, annotation {current.id} by {row['annotator']}: submitted with "
+                        "no blur type chosen (an untouched pre-label?): recorded, still to do")
+        update["status"] = "pushed"
     elif mask is not None:
         update |= compare_with_prelabel(mask, export.raw_annotations.get(current.id, {}),
-                                        export.predictions.get(task_id, []))
+                                        predictions)
         update["status"] = "annotated"
         rows.masks.append(MaskRow(
             image_id=t["image_id"], rel_path=t["rel_path"], kind="blur",
@@ -143,14 +168,33 @@ def _pull_task(catalog: Catalog, ws: Workspace, ref: ProjectRef, export: _Export
     return "pending" if update["status"] == "pushed" else update["status"]
 
 
+def _latest_prediction_version(predictions: list[dict]) -> str | None:
+    if not predictions:
+        return None
+    latest = max(predictions, key=lambda p: (p.get("created_at") or "", p.get("id") or 0))
+    return latest.get("model_version") or "unknown"
+
+
 def _annotation_row(ws: Workspace, export: _Export, t: dict, a: ExportedAnnotation, height: int,
                     width: int, problems: list[str], where: str) -> tuple[dict, np.ndarray | None]:
     """The catalog row of one submitted annotation, its mask stored as an object; and the mask
-    (None for a rejection or an unusable mask, whose problem is noted)."""
+    (None for a rejection or an unusable mask, whose problem is noted).
+
+    ``blur_type`` is what the annotator chose, never the model's guess: the hint (and the
+    model_version that made it) is kept apart as ``blur_type_hint``/``hint_version``.
+    """
     annotator = export.users.get(a.completed_by, str(a.completed_by))
+    raw = export.raw_annotations.get(a.id, {})
+    start = starting_prediction(raw, export.predictions.get(t["task_id"], []))
+    hint, legacy = hint_of(start)
+    blur_type = a.blur_type if a.reject is None else None  # a rejected image has no blur type
+    if legacy is not None and blur_type == legacy:
+        blur_type = None  # an older project's prediction pre-ticked the answer: not a choice
     row = {"annotation_id": a.id, "task_id": t["task_id"], "image_id": t["image_id"],
            "annotator": annotator, "created_at": a.created_at, "updated_at": a.updated_at,
-           "lead_time": a.lead_time, "blur_type": a.blur_type, "rejected": a.reject,
+           "lead_time": a.lead_time, "blur_type": blur_type, "rejected": a.reject,
+           "blur_type_hint": hint or a.hint,
+           "hint_version": start.get("model_version") if start and hint else None,
            "mask_object": None, "blur_degree": None, "problem": None, "snapshot": export.snapshot}
     if a.reject is not None:
         return row, None
@@ -165,6 +209,17 @@ def _annotation_row(ws: Workspace, export: _Export, t: dict, a: ExportedAnnotati
     return row, mask
 
 
+def hint_of(prediction: dict | None) -> tuple[str | None, str | None]:
+    """The blur type a prediction guesses, and the same when it sits in the annotator's own
+    ``blur_type`` control (predictions made before the hint had a control of its own, which
+    pre-ticked the answer): ``(hint, legacy)``."""
+    if not prediction:
+        return None, None
+    result = prediction.get("result") or []
+    legacy = choice_of(result, BLUR_TYPE)
+    return choice_of(result, BLUR_TYPE_HINT) or legacy, legacy
+
+
 def compare_with_prelabel(mask: np.ndarray, annotation: dict, predictions: list[dict]) -> dict:
     """How far the final mask moved from the pre-label the annotator started from.
 
@@ -176,7 +231,7 @@ def compare_with_prelabel(mask: np.ndarray, annotation: dict, predictions: list[
     Accepted unchanged: IoU ≥ ``ACCEPTED_IOU``, or the very same RLE.
     """
     none = {"prelabel_version": None, "prelabel_iou": None, "prelabel_accepted": None}
-    chosen = _starting_prediction(annotation, predictions)
+    chosen = starting_prediction(annotation, predictions)
     if chosen is None:
         return none
     try:
@@ -191,7 +246,9 @@ def compare_with_prelabel(mask: np.ndarray, annotation: dict, predictions: list[
             "prelabel_accepted": bool(same_rle or value >= ACCEPTED_IOU)}
 
 
-def _starting_prediction(annotation: dict, predictions: list[dict]) -> dict | None:
+def starting_prediction(annotation: dict, predictions: list[dict]) -> dict | None:
+    """The prediction a person started from: the annotation's ``parent_prediction``, else the
+    most recent one created before it (None when the task had none)."""
     parent = annotation.get("parent_prediction")
     if parent is not None:
         chosen = next((p for p in predictions if p.get("id") == parent), None)

@@ -44,6 +44,8 @@ class PushReport:
     ranked: bool = False  # candidates ranked by the pre-labeller before pushing (``rank=True``)
     skipped_no_blur: int = 0  # predicted blur degree below ``min_blur``: not pushed
     skipped_all_blurred: int = 0  # above ``max_blur``: not pushed
+    overlap: float | None = None  # share of tasks to be labelled by two people (None: untouched)
+    double_tasks: int = 0  # tasks Label Studio asks two people for, after this push
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Ranked:
 def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
          sources: Sequence[str] | None = None, limit: int | None = None, batch_size: int = 100,
          progress: Progress | None = None, prelabel: str | None = None, rank: bool = False,
-         min_blur: float = 0.02, max_blur: float = 0.98) -> PushReport:
+         min_blur: float = 0.02, max_blur: float = 0.98,
+         overlap: float | None = None) -> PushReport:
     """Create the project if needed and import a task for every image not yet in it.
 
     Pre-labels: a known blur mask (ground truth of the source) always; otherwise, with
@@ -67,8 +70,15 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
     ``rank``: pre-label every candidate first, leave out those with almost no blur or blurred
     all over (:func:`rank_candidates`; they stay candidates for a later push) and push the rest
     most informative first (``limit`` then takes the top of that order).
+
+    ``overlap``: the share of the project's tasks two different people label (Label Studio's
+    overlap settings, applied before the import so the cohort is drawn over every task); None
+    leaves the project's setting as it is.
     """
     validate_title(project)
+    if overlap is not None and not 0 <= overlap <= 1:
+        raise PushOptionError(f"--overlap {overlap}: the share of tasks labelled twice lies in "
+                              "[0, 1] (0.2: one task in five)")
     if rank:
         if prelabel is None:
             raise PushOptionError("ranking candidates needs a pre-labeller: pass --prelabel "
@@ -77,6 +87,8 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
     labeller = make_prelabeller(prelabel) if prelabel is not None else None
     sources = list(sources) if sources else default_push_sources(catalog)
     project_id = client.project(project)
+    if overlap is not None:
+        client.set_overlap(project_id, overlap)
     client.ensure_local_storage(project_id, str(ws.objects.root))
     ref = ProjectRef(client.conn.url, project, project_id)
     report = PushReport(project, project_id, f"{ref.server}/projects/{project_id}/data")
@@ -99,6 +111,9 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
         report.with_prelabel += sum(p is not None for p in prelabels)
         if progress:
             progress(len(batch))
+    if overlap is not None:
+        report.overlap = overlap
+        report.double_tasks = sum(n >= 2 for n in client.overlaps(project_id).values())
     return report
 
 
