@@ -14,7 +14,9 @@ from PIL import Image
 from blurset.annotation import rle
 from blurset.annotation.client import AuthError, Client, Unreachable, connect
 from blurset.annotation.config import BLUR_TYPE, REJECT, brush_result, choice_result
+from blurset.annotation.export import mask_iou as mask_iou_of
 from blurset.annotation.server import Connection
+from blurset.errors import NotFoundError
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.cli.main import cli
 from blurset.pipeline.stages.dedup.run import run_dedup
@@ -202,3 +204,121 @@ def test_up_twice_is_harmless_and_down_stops_only_its_own(label_studio, tmp_path
     other = LocalServer(tmp_path / "other-data", tmp_path, label_studio.conn)
     assert other.down() is False  # this workspace started nothing: the running server stays
     assert label_studio.status()["answering"]
+
+
+def test_overlap_review_resolve_and_agreement_per_annotator_and_pair(label_studio, tmp_path,
+                                                                      request):
+    from blurset.pipeline.stages.labelling import PushOptionError, resolve, review
+    ws, _ = small_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    with pytest.raises(PushOptionError, match="--overlap 1.5"):
+        push(catalog, client, ws, "blur overlap", overlap=1.5)
+    r = push(catalog, client, ws, "blur overlap", overlap=0.5)
+    assert (r.pushed, r.double_tasks) == (4, 2)  # Label Studio asks two people for half
+    assert sorted(client.overlaps(r.project_id).values()) == [1, 1, 2, 2]
+    p = client.sdk.projects.get(id=r.project_id)
+    assert (p.maximum_annotations, p.overlap_cohort_percentage) == (2, 50)
+
+    tasks = {t["rel_path"]: t["task_id"] for t in catalog.tasks(client.conn.url, r.project_id)}
+    ann, bob, cy = (client.ensure_user(f"{n}@blurset.local") for n in ("ann", "bob", "cy"))
+    h, w = 200, 300
+    left, right = blob(h, w, 10, 190, 10, 160), blob(h, w, 10, 190, 140, 290)
+    near = blob(h, w, 12, 190, 14, 160)
+
+    def paint(task: str, mask: np.ndarray, blur_type: str, user: int) -> int:
+        return client.annotate(tasks[task], [brush_result(rle.encode(mask), w, h),
+                                             choice_result(BLUR_TYPE, blur_type)], user)
+
+    first = paint("c0.jpg", left, "defocus", ann)  # ann and bob disagree on c0 ...
+    paint("c0.jpg", right, "motion", bob)
+    paint("c1.jpg", left, "defocus", ann)  # ... and agree on c1
+    paint("c1.jpg", near, "defocus", bob)
+    paint("c2.jpg", left, "motion", ann)  # ann and cy: one paints what the other rejects
+    client.annotate(tasks["c2.jpg"], [choice_result(REJECT, "no blur")], cy)
+    pull(catalog, client, ws, "blur overlap")
+
+    st = status(catalog, client.conn.url, r.project_id, ws.objects.read)
+    pair = st.agreement_by_pair["ann@blurset.local + bob@blurset.local"]
+    iou_c0 = mask_iou_of(left, right)
+    assert pair.pairs == 2 and pair.same_blur_type_share == 0.5
+    assert pair.mean_iou == pytest.approx((iou_c0 + mask_iou_of(left, near)) / 2, abs=1e-4)
+    assert st.agreement_by_pair["ann@blurset.local + cy@blurset.local"].mean_iou == 0.0
+    assert st.agreement_by_annotator["ann@blurset.local"].pairs == 3
+    assert st.agreement_by_annotator["cy@blurset.local"].pairs == 1
+
+    sheet = tmp_path / "review.png"
+    rep = review(catalog, ws.objects.read, client.conn.url, r.project_id, "blur overlap", 0.8,
+                 sheet)
+    assert rep.compared_tasks == 3
+    assert sorted(p.where for p in rep.disagreements) == ["cand/c0.jpg", "cand/c2.jpg"]
+    with Image.open(sheet) as im:  # one row per pair: the image and both masks over it
+        assert im.height > 2 * 200 and im.width > 3 * 300
+    assert review(catalog, ws.objects.read, client.conn.url, r.project_id, "blur overlap",
+                  0.1).disagreements[0].where == "cand/c2.jpg"  # a rejection disagrees anyway
+
+    # the release takes ann's annotation of c0, not the most recent (bob's)
+    assert {t["rel_path"]: t["blur_type"] for t in catalog.tasks(
+        client.conn.url, r.project_id)}["c0.jpg"] == "motion"
+    with pytest.raises(NotFoundError, match="no pulled annotation 999999"):
+        resolve(catalog, client.conn.url, r.project_id, tasks["c0.jpg"], 999999)
+    resolve(catalog, client.conn.url, r.project_id, tasks["c0.jpg"], first)
+    out = tmp_path / "masks"
+    pull(catalog, client, ws, "blur overlap", export_dir=out)
+    t0 = {t["rel_path"]: t for t in catalog.tasks(client.conn.url, r.project_id)}["c0.jpg"]
+    assert (t0["current_annotation_id"], t0["blur_type"]) == (first, "defocus")
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "cand" / "c0.png")), left)
+
+    # the same through the CLI
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-w", str(ws.root), "annotate", "review", "--project",
+                              "blur overlap", "--below", "0.8"])
+    assert res.exit_code == 0, res.output
+    assert "2 disagreeing pairs on 2 of 3 tasks" in res.output and "contact sheet: " in res.output
+    res = runner.invoke(cli, ["-w", str(ws.root), "annotate", "resolve", str(tasks["c1.jpg"]),
+                              "--use", "424242"])
+    assert res.exit_code != 0 and "has no pulled annotation 424242" in res.output
+    res = runner.invoke(cli, ["-w", str(ws.root), "annotate", "status", "--project",
+                              "blur overlap"])
+    assert res.exit_code == 0, res.output
+    assert "agreement_by_pair:" in res.output
+    assert "  ann@blurset.local + bob@blurset.local: pairs 2" in res.output
+
+
+def test_the_hint_is_never_the_answer_and_a_rejection_has_no_blur_type(label_studio, tmp_path,
+                                                                       request):
+    from blurset.annotation.config import BLUR_TYPE_HINT
+    ws, _ = small_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    r = push(catalog, client, ws, "blur hint", prelabel="lbp")
+    tasks = {t["rel_path"]: t["task_id"] for t in catalog.tasks(client.conn.url, r.project_id)}
+    preds = {k: client.predictions(v)[0] for k, v in tasks.items()}
+    hints = {k: next(x["value"]["choices"][0] for x in p["result"]
+                     if x["from_name"] == BLUR_TYPE_HINT) for k, p in preds.items()}
+    other = {"motion": "defocus", "defocus": "motion"}
+    user = client.ensure_user("hint-person@blurset.local")
+    # c0: the person agrees with the hint; c1: disagrees; c2: rejects (with the hint copied
+    # along and a stray blur type); c3: an untouched copy of the prediction
+    client.annotate(tasks["c0.jpg"], [*preds["c0.jpg"]["result"],
+                                      choice_result(BLUR_TYPE, hints["c0.jpg"])], user)
+    client.annotate(tasks["c1.jpg"], [*preds["c1.jpg"]["result"],
+                                      choice_result(BLUR_TYPE, other[hints["c1.jpg"]])], user)
+    client.annotate(tasks["c2.jpg"], [*preds["c2.jpg"]["result"], choice_result(REJECT, "unusable"),
+                                      choice_result(BLUR_TYPE, "motion")], user)
+    client.annotate(tasks["c3.jpg"], preds["c3.jpg"]["result"], user)
+    rep = pull(catalog, client, ws, "blur hint")
+    assert (rep.annotated, rep.rejected, rep.pending) == (2, 1, 1)
+    after = {t["rel_path"]: t for t in catalog.tasks(client.conn.url, r.project_id)}
+    assert after["c0.jpg"]["blur_type"] == hints["c0.jpg"]
+    assert after["c1.jpg"]["blur_type"] == other[hints["c1.jpg"]]
+    assert (after["c2.jpg"]["status"], after["c2.jpg"]["blur_type"]) == ("rejected", None)
+    assert (after["c3.jpg"]["status"], after["c3.jpg"]["blur_type"]) == ("pushed", None)
+    for k in ("c0.jpg", "c1.jpg", "c2.jpg"):
+        assert after[k]["blur_type_hint"] == hints[k]
+        assert after[k]["hint_version"] == "lbp-blur-map@blurset"
+    st = status(catalog, client.conn.url, r.project_id)
+    assert (st.hint_compared, st.hint_agreement_share) == (2, 0.5)
+    assert st.submitted_without_choice == 1 and st.with_prelabel == 4
+    assert st.prelabelled_annotated == 2  # the untouched copy is not work saved
+    assert catalog.hint_agreement([after[k]["image_id"] for k in after]) == (2, 1)

@@ -120,13 +120,15 @@ def _annotate(demo_dir: Path, ws: Workspace, catalog, sample_dir: Path, steps: i
     click.echo(f"[9/{steps}] pulling the annotations back (Prefect flow 'annotate-pull')")
     p = pull_flow(ws.root, DEMO_PROJECT, export_dir=demo_dir / "masks",
                   catalog_url=ws.catalog_url)
-    st = status(catalog, server.conn.url, r.project_id)
+    st = status(catalog, server.conn.url, r.project_id, ws.objects.read)
     click.echo(f"      {st.pushed} tasks: {st.annotated} annotated, {st.rejected} rejected, "
                f"{st.pending} pending; mean agreement (IoU) of double-annotated tasks: "
                f"{st.mean_agreement_iou}")
     click.echo(f"      work saved: {st.prelabelled_annotated} annotated tasks started from "
                f"a DPN pre-label; mean IoU pre-label → final mask {st.mean_prelabel_iou}, "
                f"accepted unchanged: {st.prelabel_accepted_share}")
+    click.echo(f"      blur type: the annotator chose the model's hint on {st.hint_agreement_share} "
+               f"of {st.hint_compared} annotated tasks that had one (the hint is never the answer)")
     for prob in p.problems:
         click.echo(f"      problem: {prob}")
     click.echo(f"      masks:    {(demo_dir / 'masks').resolve()}  (255 = blurred)")

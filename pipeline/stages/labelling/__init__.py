@@ -1,5 +1,5 @@
 """Annotation stages: push images that passed dedup to Label Studio, pull the masks people painted,
-add a newer model's pre-labels, report a project's status. Plain functions over the catalog and a
+add a newer model's pre-labels, report a project's status, review where annotators disagree. Plain functions over the catalog and a
 :class:`blurset.annotation.client.Client`; ``blurset.pipeline.flows`` wraps them."""
 
 from blurset.pipeline.stages.labelling.errors import (
@@ -30,12 +30,21 @@ from blurset.pipeline.stages.labelling.push import (
     push,
     rank_candidates,
 )
+from blurset.pipeline.stages.labelling.review import (
+    Agreement,
+    PairComparison,
+    ReviewReport,
+    compare_pairs,
+    resolve,
+    review,
+)
 from blurset.pipeline.stages.labelling.status import PrelabelStats, ProjectStatus, status
 
 __all__ = [
-    "ACCEPTED_IOU", "DocumentRootError", "LabellingError", "NothingToPush", "PrelabelReport",
-    "PrelabelStats", "ProjectRef", "ProjectStatus", "PullReport", "PushOptionError", "PushReport",
-    "Ranked", "UnknownProject", "add_prelabels", "compare_with_prelabel", "default_push_sources",
+    "ACCEPTED_IOU", "Agreement", "DocumentRootError", "LabellingError", "NothingToPush",
+    "PairComparison", "PrelabelReport", "PrelabelStats", "ProjectRef", "ProjectStatus",
+    "PullReport", "PushOptionError", "PushReport", "Ranked", "ReviewReport", "UnknownProject",
+    "add_prelabels", "compare_pairs", "compare_with_prelabel", "default_push_sources",
     "export_masks", "plan_prelabels", "prelabel_batch", "pull", "push", "rank_candidates",
-    "status", "write_snapshot",
+    "resolve", "review", "status", "write_snapshot",
 ]
