@@ -96,7 +96,8 @@ def fake_pull(env: Env, project: str, items: list[dict], project_id: int = 7) ->
     """Tasks and their annotations written the way ``blurset.pipeline.stages.labelling.pull`` writes them.
 
     Each item: image_id, source, rel_path, and either ``reject`` or ``masks`` [(annotator, mask)]
-    (the last one is current), with optional ``blur_type`` and ``prelabel``.
+    (the last one is current), with optional ``blur_type``, ``hint`` (the model's guess) and
+    ``prelabel``.
     """
     catalog, ws = env.catalog, env.ws
     rows = []
@@ -128,7 +129,7 @@ def fake_pull(env: Env, project: str, items: list[dict], project_id: int = 7) ->
             last = (aid, row, mask)
         aid, row, mask = last
         update = {"task_id": it["task_id"], "current_annotation_id": aid,
-                  "blur_type": it.get("blur_type"),
+                  "blur_type": it.get("blur_type"), "blur_type_hint": it.get("hint"),
                   "annotators": json.dumps(sorted({who for who, _ in subs})),
                   "agreement_iou": it.get("agreement_iou")}
         if "reject" in it:
@@ -368,7 +369,8 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
         {"image_id": cuhk[1]["image_id"], "source": "cuhk", "rel_path": cuhk[1]["rel_path"],
          "prelabel": "ground-truth:cuhk", "masks": [("person-one", 255 - gts[1])]},  # repainted
         {"image_id": cuhk[2]["image_id"], "source": "cuhk", "rel_path": cuhk[2]["rel_path"],
-         "prelabel": "laplacian-blur-map@blurset", "masks": [("person-two", gts[2])]},
+         "prelabel": "laplacian-blur-map@blurset", "masks": [("person-two", gts[2])],
+         "blur_type": "motion", "hint": "defocus"},  # the person overrode the model's guess
     ]
     fake_pull(env, "review", items)
     info = R.build_release(env.ws, env.catalog,
@@ -378,6 +380,7 @@ def test_prelabel_acceptance_is_measured_where_the_prelabel_is_known(env):
     assert "1 of 2 ground-truth pre-labels kept unchanged" in card
     assert "model pre-labels: not measured" in card
     assert "Annotators (images with their submission): person-one (2), person-two (1)" in card
+    assert "They chose the hinted type on 0 of the 1 annotated images that had a hint." in card
 
     # what `annotate pull` measures for a model pre-label lands in the next version's card
     from sqlalchemy import update

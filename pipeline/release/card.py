@@ -188,9 +188,14 @@ def _annotation_stats(catalog: Catalog, ws: Workspace, rows: Sequence[Candidate]
     if other_ids:
         for m in catalog.prelabel_measurements(other_ids):
             measured.setdefault(m.image_id, (m.iou, m.accepted))
+    # the blur type in a release is what people chose; the model's guess was only shown to them
+    hint_compared, hint_agreed = catalog.hint_agreement([c.image_id for c in ann]) if ann \
+        else (0, 0)
     return {
         "annotated": len(ann),
         "ground_truth": len(rows) - len(ann),
+        "hint_compared": hint_compared,
+        "hint_agreed": hint_agreed,
         "annotators": sorted(per_annotator.items(), key=lambda kv: (-kv[1], kv[0])),
         "multi_annotated": len(agreements),
         "mean_agreement_iou": round(float(np.mean(agreements)), 4) if agreements else None,
