@@ -22,10 +22,12 @@ IMAGE = "image"  # the Image tag and the task data key holding the image URL
 MASK_COLOUR = "#ff3b30"
 MASK_OPACITY = 0.45  # the image stays visible through the mask, also on reddish images
 
+# Label Studio 1.23's own hotkeys (its editor's keymap), and the number keys it gives choices
 INSTRUCTIONS = ("Paint every blurred region: the Blurred brush is selected when a task opens "
                 "(hotkey 1). Hotkeys: B brush, E eraser, [ and ] brush size, Ctrl+Z undo, "
-                "Alt+drag pan, Ctrl+Enter submit. Then choose the blur type, or reject the image. "
-                "The model's guess is a hint, not your answer.")
+                "H pan, Shift+1 fit the image, Ctrl+Enter submit; the number next to a choice "
+                "is its key. Then choose the blur type, or reject the image. The model's guess "
+                "is a hint, not your answer.")
 
 LABEL_CONFIG = f"""<View>
   <Header value="{INSTRUCTIONS}" size="6"/>
