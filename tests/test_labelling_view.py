@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import wait_for
 from conftest import jpeg_bytes, photo
 from PIL import Image
 
@@ -53,9 +54,12 @@ def workspace(tmp_path: Path) -> Workspace:
     return ws
 
 
-def pushed(tmp_path: Path, project: str, prelabel: str | None):
+def pushed(tmp_path: Path, request: pytest.FixtureRequest, project: str, prelabel: str | None):
+    """A workspace pushed to a new project; returns (ws, catalog, client, project id, tasks by
+    path)."""
     ws = workspace(tmp_path)
     catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
     r = push(catalog, client, ws, project, sources=["photos"], prelabel=prelabel)
     tasks = {t["rel_path"]: t for t in catalog.tasks(client.conn.url, r.project_id)}
     return ws, catalog, client, r.project_id, tasks
@@ -79,9 +83,9 @@ def visible_at(view, x: float, y: float) -> bool:
 
 
 def test_the_view_shows_label_hint_and_whole_image_under_a_translucent_mask(
-        labelling_browser, tmp_path):
+        labelling_browser, tmp_path, request):
     view = labelling_browser
-    _ws, _catalog, client, project_id, tasks = pushed(tmp_path, "view look", "lbp")
+    _ws, _catalog, client, project_id, tasks = pushed(tmp_path, request, "view look", "lbp")
     wide = tasks["wide.jpg"]
     (pred,) = client.predictions(wide["task_id"])
     hint = next(r["value"]["choices"][0] for r in pred["result"]
@@ -127,13 +131,12 @@ def test_the_view_shows_label_hint_and_whole_image_under_a_translucent_mask(
     assert view.is_checked(HINT, hint) and not view.is_checked(HINT, other)
     if os.environ.get("BLURSET_UPDATE_DOCS_SCREENSHOT"):
         shutil.copyfile(shot, DOCS_SCREENSHOT)
-    client.close()
 
 
 def test_a_painted_stroke_and_chosen_blur_type_come_back_through_pull(
-        labelling_browser, tmp_path):
+        labelling_browser, tmp_path, request):
     view = labelling_browser
-    ws, catalog, client, project_id, tasks = pushed(tmp_path, "view paint", None)
+    ws, catalog, client, project_id, tasks = pushed(tmp_path, request, "view paint", None)
     wide = tasks["wide.jpg"]
     view.open_task(project_id, wide["task_id"])
     start, end = (0.2, 0.4), (0.45, 0.6)
@@ -160,13 +163,12 @@ def test_a_painted_stroke_and_chosen_blur_type_come_back_through_pull(
         assert abs(g - w) <= slack, f"mask box {got} against the stroke {want} (±{slack:.0f})"
     t = next(t for t in catalog.tasks(client.conn.url, project_id) if t["rel_path"] == "wide.jpg")
     assert (t["status"], t["blur_type"], t["prelabel"]) == ("annotated", "defocus", None)
-    client.close()
 
 
 def test_submitting_without_a_blur_type_is_refused_and_a_rejection_has_none(
-        labelling_browser, tmp_path):
+        labelling_browser, tmp_path, request):
     view = labelling_browser
-    ws, catalog, client, project_id, tasks = pushed(tmp_path, "view refuse", "lbp")
+    ws, catalog, client, project_id, tasks = pushed(tmp_path, request, "view refuse", "lbp")
     wide = tasks["wide.jpg"]
     view.open_task(project_id, wide["task_id"])
     view.submit()  # the pre-label untouched, its hint ticked, no answer chosen
@@ -185,13 +187,12 @@ def test_submitting_without_a_blur_type_is_refused_and_a_rejection_has_none(
     assert a["blur_type_hint"] in ("defocus", "motion") and a["hint_version"] == "lbp-blur-map@blurset"
     t = next(t for t in catalog.tasks(client.conn.url, project_id) if t["rel_path"] == "wide.jpg")
     assert (t["status"], t["blur_type"]) == ("rejected", None)
-    client.close()
 
 
 def test_an_ml_backend_prediction_appears_and_status_counts_it(
-        labelling_browser, label_studio, tmp_path):
+        labelling_browser, label_studio, tmp_path, request):
     view = labelling_browser
-    ws, catalog, client, project_id, tasks = pushed(tmp_path, "view backend", None)
+    ws, catalog, client, project_id, tasks = pushed(tmp_path, request, "view backend", None)
     predictor = make_prelabeller("lbp")
     server = make_server(Backend(predictor, label_studio.document_root,
                                  storage=[ws.objects.root]), "127.0.0.1", 0, quiet=True)
@@ -203,7 +204,6 @@ def test_an_ml_backend_prediction_appears_and_status_counts_it(
         client.use_ml_backend_predictions(project_id, title, retrieve_automatically=False)
         narrow = tasks["narrow.jpg"]
         view.open_task(project_id, narrow["task_id"])
-        from browser import wait_for
         wait_for(view.driver, "the ML backend's prediction in the regions list", lambda d: [
             e for e in d.find_elements("css selector", ".lsf-outliner-item, .lsf-region-item")
             if BLURRED in e.text], timeout=30)
@@ -223,4 +223,3 @@ def test_an_ml_backend_prediction_appears_and_status_counts_it(
     assert set(st.prelabel_by_model_version) == {predictor.model_version}
     assert st.prelabel_accepted_share == 1.0  # the mask kept, a choice made
     assert st.hint_agreement_share == 1.0 and st.hint_compared == 1
-    client.close()
