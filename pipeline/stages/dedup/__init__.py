@@ -5,9 +5,12 @@ around the catalog. Design and limits: ``docs/dedup.md``.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from blurset.pipeline.stages.dedup import search, verify
@@ -55,6 +58,7 @@ def find_duplicates(
     threshold: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     bars: verify.Bars = verify.BARS,
+    workers: int | None = None,
 ) -> list[Match]:
     """Every candidate against every reference and every other candidate.
 
@@ -62,6 +66,8 @@ def find_duplicates(
     candidate (the later one of two candidates in input order), ``reference`` the reference or
     the earlier candidate. Sorted by candidate then reference in input order; deterministic.
     ``progress(done, total)`` is called as images are searched and pairs verified.
+    ``workers`` processes verify the pairs (default: one per core the process may use, and
+    one per 4,000 pairs at most: the verdicts are the same whatever the number).
     """
     threshold = search.DEFAULT_THRESHOLD if threshold is None else int(threshold)
     if not 0 <= threshold <= 32:
@@ -81,26 +87,92 @@ def find_duplicates(
             progress(done, n)
 
     pairs = search.search_pairs(thumbs, stored, n_ref, threshold, searched)
-    prepared: dict[tuple[int, bool], verify.Prepared] = {}
-
-    def prep(i: int, mirrored: bool = False) -> verify.Prepared:
-        if (i, mirrored) not in prepared:
-            prepared[(i, mirrored)] = verify.prepare(thumbs[i], records[i].hashes.chroma,
-                                                     mirrored=mirrored)
-        return prepared[(i, mirrored)]
-
-    matches: list[Match] = []
     ordered = sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    for done, ((earlier, later), hits) in enumerate(ordered):
-        inits = search.initialisations(hits)
-        starts = [verify.Start(prep(h.target), prep(h.query, h.mirrored),
-                               search.initial_warp(h.variant), h.distance) for h in inits]
-        index, verdict = verify.verify_pair(starts, bars)
+    jobs = [(earlier, later, search.initialisations(hits)) for (earlier, later), hits in ordered]
+    chromas = [r.hashes.chroma for r in records]
+
+    def verified(done: int) -> None:
+        if progress is not None:
+            progress(n + done, n + len(jobs))
+
+    workers = _workers(workers, len(jobs))
+    if workers == 1:
+        verdicts = _verify_jobs(thumbs, chromas, jobs, bars, verified)
+    else:
+        verdicts = _verify_in_processes(thumbs, chromas, jobs, bars, workers, verified)
+    matches: list[Match] = []
+    for (earlier, later, inits), (index, verdict) in zip(jobs, verdicts, strict=True):
         best = inits[index]
         suffix = _SUFFIX.get(verdict.evidence, "+" + verdict.evidence)
         matches.append(Match(candidate=keys[later], reference=keys[earlier],
                              distance=best.distance, method=search.method(best) + suffix,
                              score=round(verdict.score, 4), verdict=verdict.verdict))
-        if progress is not None:
-            progress(n + done + 1, n + len(pairs))
     return matches
+
+
+# Pairs per process below which one process verifies them all (starting a process, importing
+# OpenCV and numpy there and sending it the thumbs costs about a second).
+_PAIRS_PER_WORKER = 4000
+_CHUNK = 500  # pairs per task sent to a worker
+
+
+def _workers(asked: int | None, jobs: int) -> int:
+    if asked is not None:
+        if asked < 1:
+            raise ValueError(f"workers must be at least 1, got {asked}")
+        return min(asked, max(1, jobs))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, jobs // _PAIRS_PER_WORKER))
+
+
+def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
+                 jobs: Sequence[tuple[int, int, list]], bars: verify.Bars,
+                 progress: Callable[[int], None] | None = None
+                 ) -> list[tuple[int, verify.Verdict]]:
+    """The verdict of each (earlier, later, initial hits) job, in order."""
+    prepared: dict[tuple[int, bool], verify.Prepared] = {}
+
+    def prep(i: int, mirrored: bool = False) -> verify.Prepared:
+        if (i, mirrored) not in prepared:
+            prepared[(i, mirrored)] = verify.prepare(thumbs[i], chromas[i], mirrored=mirrored)
+        return prepared[(i, mirrored)]
+
+    out = []
+    for done, (_, _, inits) in enumerate(jobs):
+        starts = [verify.Start(prep(h.target), prep(h.query, h.mirrored),
+                               search.initial_warp(h.variant), h.distance) for h in inits]
+        out.append(verify.verify_pair(starts, bars))
+        if progress is not None:
+            progress(done + 1)
+    return out
+
+
+_SHARED: dict = {}  # a worker process's thumbs and chroma grids, set once by its initializer
+
+
+def _init_worker(thumbs: np.ndarray, chromas: list, bars: verify.Bars) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cv2.setNumThreads(1)
+    _SHARED.update(thumbs=thumbs, chromas=chromas, bars=bars)
+
+
+def _verify_chunk(jobs: list[tuple[int, int, list]]) -> list[tuple[int, verify.Verdict]]:
+    return _verify_jobs(_SHARED["thumbs"], _SHARED["chromas"], jobs, _SHARED["bars"])
+
+
+def _verify_in_processes(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
+                         jobs: Sequence[tuple[int, int, list]], bars: verify.Bars, workers: int,
+                         progress: Callable[[int], None] | None) -> list[tuple[int, verify.Verdict]]:
+    """The same verdicts as :func:`_verify_jobs`, from ``workers`` processes (spawned: safe
+    beside the threads of a Prefect run). A chunk's pairs prepare their thumbs again in the
+    process that gets them; chunks are contiguous runs of the pair order, so the images a
+    chunk needs are mostly the same few."""
+    chunks = [list(jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
+    ctx = multiprocessing.get_context("spawn")
+    out: list[tuple[int, verify.Verdict]] = []
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(thumbs, list(chromas), bars)) as pool:
+        for result in pool.imap(_verify_chunk, chunks):
+            out.extend(result)
+            if progress is not None:
+                progress(len(out))
+    return out

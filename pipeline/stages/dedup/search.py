@@ -94,10 +94,14 @@ def variant_hashes(thumbs: np.ndarray) -> np.ndarray:
     stored phash (up to rounding at the median).
     """
     rows, cols = _projections(thumbs.shape[-1])
+    kv, k, side = rows.shape
+    n, kh = len(thumbs), cols.shape[0]
     t = thumbs.astype(np.float32)
-    a = np.einsum("vkx,nxy->nvky", rows, t)  # (N, Kv, 8, side)
-    c = np.einsum("nvky,hly->nvhkl", a, cols)  # (N, Kv, 2Kh, 8, 8)
-    return _pack_hashes(c.reshape(c.shape[:3] + (HASH_SIDE * HASH_SIDE,)))
+    # Two matrix products (BLAS; einsum does not use it here and was 3× slower):
+    a = np.matmul(rows.reshape(kv * k, side), t)  # (N, Kv·8, side)
+    c = np.matmul(a, cols.reshape(kh * k, side).T)  # (N, Kv·8, 2Kh·8)
+    c = c.reshape(n, kv, k, kh, k).transpose(0, 1, 3, 2, 4)  # (N, Kv, 2Kh, 8, 8)
+    return _pack_hashes(np.ascontiguousarray(c).reshape(n, kv, kh, k * k))
 
 
 def band_hashes(thumbs: np.ndarray) -> np.ndarray:

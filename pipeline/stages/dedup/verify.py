@@ -27,6 +27,8 @@ from blurset.pipeline.stages.hashing import THUMB_SIDE
 
 _S = THUMB_SIDE
 _CELLS = 4  # the cell grid is _CELLS × _CELLS
+_C = 16  # side of the grid colours are compared on (the stored chroma is 8×8: 16 is plenty)
+_CS = _S // _C
 _ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 15, 1e-2)
 _ECC_GAUSS = 5
 _BAND = (1.0, 4.0)  # DoG sigmas of the fine band, thumb pixels; the smooth thumb is the first
@@ -57,7 +59,7 @@ class Bars:
     min_r2_fine: float = 0.5  # ... structure fits one map (R² at least this) yet
     min_rho_fine: float = 0.7  # ... disagrees (rho below this)
     max_z_weak_fine: float = 9.0  # grey fine band this weak (few samples: smooth)...
-    max_mismatch_weak_fine: float = 4.5  # ... is denied by coarse structures this far apart
+    max_mismatch_weak_fine: float = 4.0  # ... is denied by coarse structures this far apart
     max_residual_weak_fine: float = 3.0  # ... that one intensity map does not bring together
     max_mismatch: float = 1.2  # coarse: RMS difference of the two structures, grey levels
     max_mismatch_grey: float = 0.8  # coarse without colour to compare
@@ -79,7 +81,7 @@ class Prepared:
     grey: np.ndarray  # (S, S) float32
     band: np.ndarray  # (S, S) DoG σ 1/4
     smooth: np.ndarray  # (S, S) Gaussian σ 1
-    chroma: np.ndarray | None  # (S, S, 2) float32 Cb/Cr - 128, or None (grey image)
+    chroma: np.ndarray | None  # (C, C, 2) float32 Cb/Cr - 128 on the colour grid, or None
     samples: float  # independent samples the fine band holds over the whole thumb
     structure: float  # std of the smooth thumb less its best plane
     colour: float  # RMS of the chroma (0 for grey)
@@ -127,17 +129,19 @@ def prepare(thumb: np.ndarray, chroma: np.ndarray | None = None, *,
     if mirrored:
         grey = np.ascontiguousarray(grey[:, ::-1])
     smooth, band = _smooth_and_band(grey)
-    whole = np.ones((_S, _S), bool)
     colour_grid = None
     colour = 0.0
     if chroma is not None:
         c = chroma.astype(np.float32) - 128.0
         if mirrored:
             c = c[:, ::-1]
-        colour_grid = cv2.resize(np.ascontiguousarray(c), (_S, _S), interpolation=cv2.INTER_LINEAR)
+        colour_grid = cv2.resize(np.ascontiguousarray(c), (_C, _C), interpolation=cv2.INTER_LINEAR)
         colour = float(np.sqrt(np.mean(c * c)))
+    whole = _WHOLE
+    deplaned = _deplane(smooth, whole)
     return Prepared(grey=grey, band=band, smooth=smooth, chroma=colour_grid,
-                    samples=_samples(band, whole), structure=float(_deplane(smooth, whole).std()),
+                    samples=_samples(band, whole.bool),
+                    structure=float(np.sqrt((deplaned * deplaned).sum() / whole.n)),
                     colour=colour)
 
 
@@ -170,24 +174,46 @@ def _samples(band: np.ndarray, mask: np.ndarray) -> float:
 
 _PLANE = np.stack([np.ones((_S, _S), np.float32),
                    *np.meshgrid(np.linspace(-1, 1, _S, dtype=np.float32),
-                                np.linspace(-1, 1, _S, dtype=np.float32), indexing="xy")], -1)
+                                np.linspace(-1, 1, _S, dtype=np.float32), indexing="xy")])
 
 
-def _deplane(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``values[mask]`` less their least-squares plane (1-D)."""
-    basis = _PLANE[mask]
-    return values[mask] - basis @ _least_squares(basis, values[mask])
+@dataclass(frozen=True)
+class _Mask:
+    """Where the warped query covers the template, in the forms the measures need: ``bool``,
+    ``weight`` (float32 0/1), pixel count ``n``, the inverse normal matrix of the plane fit
+    over it (``plane``), and the colour grid's share (``colour``, bool (C, C))."""
+
+    bool: np.ndarray
+    weight: np.ndarray
+    n: float
+    plane: np.ndarray | None
+    colour: np.ndarray
 
 
-def _least_squares(basis: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Coefficients of the least-squares fit of ``values`` (n,) by ``basis`` (n, k), k small:
-    the normal equations (many times faster than ``lstsq`` at this size)."""
-    b = basis.astype(np.float64)
+def _mask(inside: np.ndarray) -> _Mask:
+    weight = inside.astype(np.float32)
+    gram = np.einsum("ihw,jhw->ij", _PLANE * weight, _PLANE).astype(np.float64)
     try:
-        return np.linalg.solve(b.T @ b, b.T @ values.astype(np.float64))
-    except np.linalg.LinAlgError:  # a degenerate basis (a constant template): any fit
-        coef, *_ = np.linalg.lstsq(b, values, rcond=None)
-        return coef
+        plane = np.linalg.inv(gram)
+    except np.linalg.LinAlgError:  # a degenerate mask (one row or column): no plane to fit
+        plane = None
+    colour = inside.reshape(_C, _CS, _C, _CS).all(axis=(1, 3))
+    for a in (inside, weight, colour):
+        a.flags.writeable = False
+    return _Mask(inside, weight, float(weight.sum()), plane, colour)
+
+
+def _deplane(values: np.ndarray, mask: _Mask) -> np.ndarray:
+    """``values`` less their least-squares plane over ``mask``, zero outside it ((S, S)).
+    Sums over the whole thumb with 0/1 weights: no boolean indexing, one 3×3 product."""
+    wv = values * mask.weight
+    if mask.plane is None:
+        return (values - float(wv.sum()) / max(mask.n, 1.0)) * mask.weight
+    coef = mask.plane @ np.einsum("ihw,hw->i", _PLANE, wv).astype(np.float64)
+    return (values - np.einsum("i,ihw->hw", coef.astype(np.float32), _PLANE)) * mask.weight
+
+
+_WHOLE = _mask(np.ones((_S, _S), bool))
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,18 +236,20 @@ def _cells(x: np.ndarray) -> np.ndarray:
 
 
 def _cell_median_correlation(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
-    """Median over the grid cells (at least half valid) of the correlation of a and b there."""
-    m = _cells(valid.astype(np.float32))
-    u, w = _cells(a * valid), _cells(b * valid)
-    count = m.sum(axis=(1, 3))
+    """Median over the grid cells (at least half valid) of the correlation of a and b there
+    (``valid``: float32 0/1 weights)."""
+    u, w = a * valid, b * valid
+    c = _S // _CELLS
+    sums = np.stack([valid, u, w, u * w, u * u, w * w]).reshape(
+        6, _CELLS, c, _CELLS, c).sum(axis=(2, 4))  # one pass over the six fields
+    count, su, sw = sums[0], sums[1], sums[2]
     safe = np.maximum(count, 1.0)
-    su, sw = u.sum(axis=(1, 3)), w.sum(axis=(1, 3))
-    cov = (u * w).sum(axis=(1, 3)) - su * sw / safe
-    var_u = (u * u).sum(axis=(1, 3)) - su * su / safe
-    var_w = (w * w).sum(axis=(1, 3)) - sw * sw / safe
+    cov = sums[3] - su * sw / safe
+    var_u = sums[4] - su * su / safe
+    var_w = sums[5] - sw * sw / safe
     norm = np.sqrt(np.maximum(var_u, 0.0) * np.maximum(var_w, 0.0))
     corr = np.where(norm > 1e-9, cov / np.maximum(norm, 1e-9), 0.0)
-    used = count >= 0.5 * (_S // _CELLS) ** 2
+    used = count >= 0.5 * c * c
     return float(np.median(corr[used])) if used.any() else 0.0
 
 
@@ -229,18 +257,17 @@ def _align(query: np.ndarray, warp: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(query, warp, (_S, _S), flags=_FLAGS, borderMode=cv2.BORDER_REPLICATE)
 
 
-_INSIDE_CACHE: dict[bytes, np.ndarray] = {}  # the search's 81 initial warps, and a few more
+_INSIDE_CACHE: dict[bytes, _Mask] = {}  # the search's 81 initial warps, and a few more
 
 
-def _inside(warp: np.ndarray) -> np.ndarray:
+def _inside(warp: np.ndarray) -> _Mask:
     """Where the warped query covers the template (read-only; cached per initial warp)."""
     key = warp.astype(np.float32).tobytes()
     found = _INSIDE_CACHE.get(key)
     if found is not None:
         return found
-    inside = cv2.warpAffine(np.ones((_S, _S), np.float32), warp, (_S, _S), flags=_FLAGS,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.99
-    inside.flags.writeable = False
+    inside = _mask(cv2.warpAffine(np.ones((_S, _S), np.float32), warp, (_S, _S), flags=_FLAGS,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.99)
     if len(_INSIDE_CACHE) < 512:  # the initial warps come first; ECC's are one-offs
         _INSIDE_CACHE[key] = inside
     return inside
@@ -253,64 +280,90 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
     With ``full=False`` the coarse measures are skipped when the fine band already decides
     (and the colours do not call for a look at the coarse structure).
     """
-    inside = _inside(warp)
-    if inside.sum() < _S * _S // 4 or not _warp_ok(warp, inside, bars):
+    mask = _inside(warp)
+    inside = mask.bool
+    if mask.n < _S * _S // 4 or not _warp_ok(warp, inside, bars):
         return Evidence(plausible=False)
     aligned = _align(query.grey, warp)
     smooth, band = _smooth_and_band(aligned)
-    fine = _cell_median_correlation(template.band, band, inside)
-    samples = min(template.samples, query.samples) * float(inside.mean())
+    fine = _cell_median_correlation(template.band, band, mask.weight)
+    samples = min(template.samples, query.samples) * mask.n / (_S * _S)
     z = float(np.arctanh(min(max(fine, -0.9999), 0.9999)) * np.sqrt(max(samples - 3.0, 1.0)))
-    colour_error = _colour_error(template, query, warp, inside, bars)
+    colour_error = _colour_error(template, query, warp, mask, bars)
     if (not full and fine >= bars.min_score and z >= bars.min_z
             and (colour_error is None or colour_error <= bars.max_colour_error_fine_contradicted)
             and (colour_error is not None or z >= bars.max_z_weak_fine)):
         return Evidence(True, fine, z, colour_error=colour_error)
-    # Photometric relation: one smooth monotone intensity map (quadratic: gamma bends it),
-    # judged by its median cell residual.
-    t, a = template.smooth[inside], smooth[inside]
-    scale = float(t.std())
+    return _coarse(template, smooth, mask, fine, z, colour_error)
+
+
+def _coarse(template: Prepared, smooth: np.ndarray, mask: _Mask, fine: float, z: float,
+            colour_error: float | None) -> Evidence:
+    """The coarse measures of the aligned query's ``smooth`` thumb against the template's.
+    Full (S, S) arrays with 0/1 weights throughout (boolean indexing costs more than the
+    arithmetic at this size)."""
+    w, n = mask.weight, mask.n
+    t = template.smooth
+    t_mean = float((t * w).sum()) / n
+    scale = float(np.sqrt(max(float((((t - t_mean) * w) ** 2).sum()) / n, 0.0)))
     if scale < 1e-6:
         return Evidence(True, fine, z, r2=0.0, residual=float("inf"), structure=0.0, rho=0.0,
                         colour_error=colour_error)
-    u = (t - t.mean()) / scale
-    basis = np.stack([np.ones_like(u), u, u * u], 1)
-    coef = _least_squares(basis, a)
-    slope = coef[1] + 2.0 * coef[2] * u  # d a / d u along the template's range
-    gain = float(slope.mean()) / scale  # grey levels of a per grey level of the template
-    if gain <= 1e-3 or float(slope.min()) <= 0.0:  # not a monotone brightening/darkening
+    # Photometric relation: one smooth monotone intensity map (quadratic: gamma bends it),
+    # judged by its median cell residual.
+    u = (t - t_mean) / scale
+    uw = u * w
+    u2w = uw * u
+    moments = [n, float(uw.sum()), float(u2w.sum()), float((u2w * u).sum()),
+               float((u2w * u2w).sum())]
+    gram = np.array([[moments[i + j] for j in range(3)] for i in range(3)])
+    aw = smooth * w
+    rhs = np.array([float(aw.sum()), float((aw * u).sum()), float((aw * u * u).sum())])
+    try:
+        coef = np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:  # u takes at most two values over the mask: no curve
+        coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    u_in = u[mask.bool]
+    ends = coef[1] + 2.0 * coef[2] * np.array([float(u_in.min()), float(u_in.max())])
+    gain = float(coef[1] + 2.0 * coef[2] * moments[1] / n) / scale  # mean slope per grey level
+    if gain <= 1e-3 or float(ends.min()) <= 0.0:  # not a monotone brightening/darkening
         return Evidence(True, fine, z, r2=0.0, residual=float("inf"), structure=0.0, rho=0.0,
                         colour_error=colour_error)
-    mapped = (basis @ coef).astype(np.float32)
-    residual_map = np.zeros((_S, _S), np.float32)
-    residual_map[inside] = a - mapped
-    per_cell = _cells(residual_map ** 2).sum(axis=(1, 3))
-    counts = _cells(inside.astype(np.float32)).sum(axis=(1, 3))
+    mapped = (coef[0] + coef[1] * u + coef[2] * u * u).astype(np.float32)
+    residual_map = (smooth - mapped) * w
+    per_cell = _cells(residual_map * residual_map).sum(axis=(1, 3))
+    counts = _cells(w).sum(axis=(1, 3))
     used = counts >= 0.5 * (_S // _CELLS) ** 2
     cell_ms = per_cell[used] / counts[used] if used.any() else np.array([np.inf])
     residual_a = float(np.sqrt(np.median(cell_ms)))
-    var_a = float(a.var())
+    a_mean = float(aw.sum()) / n
+    var_a = float((((smooth - a_mean) * w) ** 2).sum()) / n
     r2 = 1.0 - residual_a ** 2 / var_a if var_a > 1e-9 else 0.0
     # Structure: what is left of each (the template through the map) once its plane is removed,
     # and how the two correlate.
-    mapped_full = np.zeros((_S, _S), np.float32)
-    mapped_full[inside] = mapped
-    d_t, d_a = _deplane(mapped_full, inside), _deplane(smooth, inside)
-    structure = min(float(d_t.std()), float(d_a.std())) / gain
-    norm = float(np.sqrt((d_t * d_t).sum() * (d_a * d_a).sum()))
+    d_t, d_a = _deplane(mapped, mask), _deplane(smooth, mask)
+    ss_t, ss_a = float((d_t * d_t).sum()), float((d_a * d_a).sum())
+    structure = float(np.sqrt(min(ss_t, ss_a) / n)) / gain
+    norm = float(np.sqrt(ss_t * ss_a))
     rho = float((d_t * d_a).sum() / norm) if norm > 1e-9 else 0.0
     return Evidence(True, fine, z, r2=r2, residual=residual_a / gain, structure=structure,
                     rho=rho, colour_error=colour_error)
 
 
-def _colour_error(template: Prepared, query: Prepared, warp: np.ndarray, inside: np.ndarray,
+def _colour_error(template: Prepared, query: Prepared, warp: np.ndarray, mask: _Mask,
                   bars: Bars) -> float | None:
     """RMS of the query's colour less one gain × the template's, as a share of the query's
-    colour; None when either image is (nearly) grey."""
+    colour, on the colour grid; None when either image is (nearly) grey."""
     if (template.chroma is None or query.chroma is None
             or min(template.colour, query.colour) < bars.min_colour):
         return None
-    c_a = cv2.warpAffine(query.chroma, warp, (_S, _S), flags=_FLAGS,
+    # The warp in colour-grid coordinates: a thumb pixel x is grid pixel (x - c) / _CS.
+    c = 0.5 * (_CS - 1)
+    linear = warp[:, :2]
+    warp_c = np.concatenate([linear, ((linear.sum(axis=1) * c + warp[:, 2] - c) / _CS)[:, None]],
+                            axis=1).astype(np.float32)
+    inside = mask.colour
+    c_a = cv2.warpAffine(query.chroma, warp_c, (_C, _C), flags=_FLAGS,
                          borderMode=cv2.BORDER_REPLICATE)[inside].ravel()
     c_t = template.chroma[inside].ravel()
     aa, ta, tt = float(c_a @ c_a), float(c_t @ c_a), float(c_t @ c_t)
