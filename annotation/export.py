@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blurset.annotation import rle
-from blurset.annotation.config import BLUR_TYPE, BLUR_TYPE_HINT, BRUSH, REJECT
+from blurset.annotation.config import BLUR_TYPE, BRUSH, REJECT
 from blurset.errors import InputError
 
 
@@ -33,7 +33,6 @@ class ExportedAnnotation:
     brush: list[dict]  # the brush result items, raw
     blur_type: str | None  # the annotator's blur_type choice, as submitted
     reject: str | None
-    hint: str | None = None  # the model's guess (blur_type_hint), copied from the prediction
 
     def mask(self, height: int, width: int) -> np.ndarray:
         """The union of the brush strokes as uint8 0/255 (255 = blurred) of the image's size."""
@@ -99,8 +98,7 @@ def parse_export(raw: bytes | str) -> list[ExportedTask]:
                 lead_time=a.get("lead_time"), was_cancelled=bool(a.get("was_cancelled")),
                 brush=[r for r in result if r.get("from_name") == BRUSH
                        and r.get("type") == "brushlabels"],
-                blur_type=choice_of(result, BLUR_TYPE), reject=choice_of(result, REJECT),
-                hint=choice_of(result, BLUR_TYPE_HINT)))
+                blur_type=choice_of(result, BLUR_TYPE), reject=choice_of(result, REJECT)))
         data_ = t.get("data") or {}
         tasks.append(ExportedTask(id=int(t["id"]), image_id=data_.get("id"), data=data_,
                                   annotations=anns))

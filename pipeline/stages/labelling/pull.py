@@ -193,7 +193,7 @@ def _annotation_row(ws: Workspace, export: _Export, t: dict, a: ExportedAnnotati
     row = {"annotation_id": a.id, "task_id": t["task_id"], "image_id": t["image_id"],
            "annotator": annotator, "created_at": a.created_at, "updated_at": a.updated_at,
            "lead_time": a.lead_time, "blur_type": blur_type, "rejected": a.reject,
-           "blur_type_hint": hint or a.hint,
+           "blur_type_hint": hint,  # from the prediction only: a click on the hint is no hint
            "hint_version": start.get("model_version") if start and hint else None,
            "mask_object": None, "blur_degree": None, "problem": None, "snapshot": export.snapshot}
     if a.reject is not None:

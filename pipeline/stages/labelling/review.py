@@ -166,35 +166,36 @@ def resolve(catalog: Catalog, server: str, project_id: int, task_id: int,
 
 def contact_sheet(catalog: Catalog, read: ReadObject, pairs: list[PairComparison], out: Path,
                   height: int = 200) -> Path:
-    """One row per pair: the image, then each annotator's mask over it (translucent red),
-    labelled with annotator, annotation id, blur type and the pair's IoU."""
+    """One row per pair, titled with task, image and IoU: the image, then each annotator's mask
+    over it (translucent red), captioned with annotation id, annotator and blur type."""
     rows = []
     for p in pairs:
-        image = Image.open(io.BytesIO(read(catalog.image(p.image_id)["object_path"])))
-        image = image.convert("RGB")
-        scale = height / image.height
-        size = (max(1, round(image.width * scale)), height)
+        with Image.open(io.BytesIO(read(catalog.image(p.image_id)["object_path"]))) as im:
+            image = im.convert("RGB")
+        size = (max(1, round(image.width * height / image.height)), height)
         base = image.resize(size, Image.Resampling.BILINEAR)
-        tiles = [(base, f"task {p.task_id}  {p.where}")]
+        tiles = [(base, "image")]
         for o in (p.a, p.b):
             label = (f"#{o.annotation_id} {o.annotator.split('@')[0]}: "
                      f"{o.rejected and 'rejected ' + o.rejected or o.blur_type or 'no blur type'}")
             tiles.append((_overlay(base, _mask(read, o.mask_object), size), label))
-        iou = "n/a" if p.iou is None else f"{p.iou:.2f}"
-        tiles[0] = (tiles[0][0], tiles[0][1] + f"  IoU {iou}")
-        rows.append(tiles)
-    pad, caption = 6, 16
-    width = max(sum(t.width + pad for t, _ in r) + pad for r in rows)
-    sheet = Image.new("RGB", (width, len(rows) * (height + caption + pad) + pad), "white")
+        iou = "n/a" if p.iou is None else f"{p.iou:.3f}"
+        rows.append((f"task {p.task_id}  {p.where}  IoU {iou}", tiles))
+    pad, line = 6, 14
+    width = max(sum(t.width + pad for t, _ in tiles) + pad for _, tiles in rows)
+    sheet = Image.new("RGB", (width, len(rows) * (height + 2 * line + 2 * pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     y = pad
-    for r in rows:
+    for title, tiles in rows:
+        draw.text((pad, y), title, fill="black")
         x = pad
-        for tile, label in r:
-            sheet.paste(tile, (x, y + caption))
-            draw.text((x, y + 2), label, fill="black")
+        for tile, label in tiles:
+            while label and draw.textlength(label) > tile.width:
+                label = label[:-1]  # cut to the tile's width, not over the next caption
+            draw.text((x, y + line), label, fill="dimgray")
+            sheet.paste(tile, (x, y + 2 * line + pad))
             x += tile.width + pad
-        y += height + caption + pad
+        y += height + 2 * line + 2 * pad
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return atomic_write(Path(out), buf.getvalue())
