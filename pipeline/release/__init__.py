@@ -9,6 +9,7 @@ from blurset.pipeline.release.diff import ReleaseDiff, diff_releases
 from blurset.pipeline.release.errors import (
     NothingToRelease,
     ReleaseError,
+    ReleaseExistsError,
     ReleaseVerificationError,
 )
 from blurset.pipeline.release.publish import publish_release
@@ -34,6 +35,7 @@ __all__ = [
     "Problem",
     "ReleaseDiff",
     "ReleaseError",
+    "ReleaseExistsError",
     "ReleaseInfo",
     "ReleaseSpec",
     "ReleaseSummary",

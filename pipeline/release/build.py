@@ -42,7 +42,7 @@ from blurset.pipeline.release.card import (
     render_card,
 )
 from blurset.pipeline.release.diff import diff_index, release_index
-from blurset.pipeline.release.errors import NothingToRelease, ReleaseError
+from blurset.pipeline.release.errors import NothingToRelease, ReleaseError, ReleaseExistsError
 from blurset.pipeline.release.select import select_images
 from blurset.pipeline.release.shards import (
     DEFAULT_SHARD_BYTES,
@@ -134,8 +134,8 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
     out_root = spec.root(ws)
     final = out_root / name / version
     if final.exists():
-        raise FileExistsError(f"release {name} {version} already exists at {final}; a published "
-                              "version is immutable: build a new version instead")
+        raise ReleaseExistsError(f"release {name} {version} already exists at {final}; a "
+                                 "published version is immutable: build a new version instead")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -194,9 +194,9 @@ def _staged(final: Path) -> Iterator[Path]:
         try:
             os.rename(tmp, final)
         except OSError as e:  # another build of this version finished first
-            raise FileExistsError(f"release {final.parent.name} {final.name} appeared at {final} "
-                                  f"while it was being built ({e.strerror}); nothing was "
-                                  "replaced") from None
+            raise ReleaseExistsError(f"release {final.parent.name} {final.name} appeared at "
+                                     f"{final} while it was being built ({e.strerror}); nothing "
+                                     "was replaced: build a new version") from None
         fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from blurset.model.release_format import DATA_DIR, MANIFEST
+from blurset.model.release_format import DATA_DIR, MANIFEST, ReleaseNotFoundError
+from blurset.pipeline.release.errors import ReleaseError
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,15 @@ class ReleaseDiff:
 
 
 def release_index(path: Path) -> dict[str, tuple[str, str]]:
-    """{id: (split, sha256 of the mask bytes)} of a release's shards."""
+    """{id: (split, sha256 of the mask bytes)} of a release's shards; a shard that cannot be read
+    is a :class:`ReleaseError` naming it."""
     out: dict[str, tuple[str, str]] = {}
     for shard in sorted((Path(path) / DATA_DIR).glob("*.parquet")):
-        table = pq.read_table(shard, columns=["id", "split", "mask"])
+        try:
+            table = pq.read_table(shard, columns=["id", "split", "mask"])
+        except (OSError, pa.ArrowException) as e:
+            raise ReleaseError(f"shard {shard} cannot be read ({e}); check the release with "
+                               f"`blurset release verify {path}`") from e
         masks_ = table.column("mask").combine_chunks().field("bytes").to_pylist()
         for image_id, split, mask in zip(table.column("id").to_pylist(),
                                          table.column("split").to_pylist(), masks_, strict=True):
@@ -64,6 +71,14 @@ def _label(path: Path) -> str:
 
 
 def diff_releases(a: str | os.PathLike, b: str | os.PathLike) -> ReleaseDiff:
-    """Images added in ``b``, removed from ``a``, and whose mask (by sha256) or split changed."""
+    """Images added in ``b``, removed from ``a``, and whose mask (by sha256) or split changed.
+
+    A folder without a manifest is no release: :class:`ReleaseNotFoundError`.
+    """
+    for path in (Path(a), Path(b)):
+        if not (path / MANIFEST).is_file():
+            raise ReleaseNotFoundError(f"{path} is not a release: it has no {MANIFEST}; give "
+                                       "the folder of a release (e.g. releases/NAME/VERSION, see "
+                                       "`blurset release list`)")
     return diff_index(_label(Path(a)), _label(Path(b)), release_index(Path(a)),
                       release_index(Path(b)))

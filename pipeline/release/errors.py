@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from blurset.errors import BlursetError, InputError
+from blurset.errors import BlursetError, ConflictError, InputError
 
 if TYPE_CHECKING:
     from blurset.pipeline.release.verify import VerifyReport
@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 
 class ReleaseError(InputError):
     """A release cannot be built or published as asked; the message says why and what to do."""
+
+
+class ReleaseExistsError(ConflictError, FileExistsError):
+    """The release version is already built or published there: a published version is never
+    replaced (a ``FileExistsError`` too, for callers that catch that)."""
 
 
 class NothingToRelease(ReleaseError):

@@ -13,7 +13,7 @@ from typing import Any
 
 from blurset.fileio import fsync_dir, make_read_only, remove_stale_temps, tmp_prefix
 from blurset.model.release_format import DATA_DIR, MANIFEST, MANIFEST_SUM
-from blurset.pipeline.release.errors import ReleaseError
+from blurset.pipeline.release.errors import ReleaseError, ReleaseExistsError
 from blurset.pipeline.release.verify import manifest_problems, verify_release
 
 
@@ -45,8 +45,8 @@ def publish_release(path: str | os.PathLike, url: str, *,
     dest = f"{base}/{name}/{version}"
     shown = f"{url.rstrip('/')}/{name}/{version}"
     if fs.exists(f"{dest}/{MANIFEST}"):
-        raise FileExistsError(f"{name} {version} is already published at {shown}; a published "
-                              "version is never overwritten: publish a new version")
+        raise ReleaseExistsError(f"{name} {version} is already published at {shown}; a "
+                                 "published version is never overwritten: publish a new version")
     files = [e["path"] for e in (*manifest["shards"], *manifest["files"])]
     files += [MANIFEST_SUM, MANIFEST]  # the manifest last: it marks a complete copy
 
@@ -82,8 +82,8 @@ def _refuse_unsafe(path: Path) -> None:
 def _copy_local(path: Path, final: Path, files: list[str]) -> None:
     """Copy ``files`` of ``path`` to a temporary folder beside ``final``, renamed into place."""
     if final.exists():
-        raise FileExistsError(f"{final} exists (without a manifest); remove it or publish "
-                              "elsewhere: nothing was copied")
+        raise ReleaseExistsError(f"{final} exists (without a manifest); remove it or publish "
+                                 "elsewhere: nothing was copied")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final.parent)  # what a killed publish left
     tmp = final.parent / f"{tmp_prefix()}{final.name}-{uuid.uuid4().hex[:8]}"
@@ -100,8 +100,8 @@ def _copy_local(path: Path, final: Path, files: list[str]) -> None:
         try:
             os.rename(tmp, final)
         except OSError as e:
-            raise FileExistsError(f"{final} appeared while publishing ({e.strerror}); "
-                                  "nothing was replaced") from None
+            raise ReleaseExistsError(f"{final} appeared while publishing ({e.strerror}); "
+                                     "nothing was replaced: publish a new version") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
