@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from blurset.errors import ConflictError, InputError, NotFoundError
 from blurset.pipeline.demo import transforms as T
 
 SOURCES: dict[str, str] = {  # source name -> adapter kind; each root is dest/<name>
@@ -74,6 +75,14 @@ SIZES: dict[str, SampleSize] = {
 }
 
 
+class SampleExistsError(ConflictError, FileExistsError):
+    """``write_sample`` was given a folder that is not new or empty: it never overwrites."""
+
+
+class SampleDataMissingError(NotFoundError, FileNotFoundError):
+    """The sample's package data (the bundled CUHK masks) is not installed."""
+
+
 @dataclass(frozen=True)
 class SampleInfo:
     """Where a written sample lives and what it holds."""
@@ -99,7 +108,7 @@ def write_sample(dest: Path, *, size: str = "demo", seed: int = 0) -> SampleInfo
     Deterministic: the same ``size`` and ``seed`` give byte-identical files.
     """
     if size not in SIZES:
-        raise ValueError(f"unknown sample size {size!r}; choose one of {', '.join(SIZES)}")
+        raise InputError(f"unknown sample size {size!r}; choose one of {', '.join(SIZES)}")
     dest = Path(dest)
     _check_empty(dest)
     sizes = SIZES[size]
@@ -140,7 +149,7 @@ def write_sample(dest: Path, *, size: str = "demo", seed: int = 0) -> SampleInfo
 def _check_empty(dest: Path) -> None:
     """Refuse to write anywhere but a new or empty folder."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(
+        raise SampleExistsError(
             f"{dest} already exists and is not an empty folder; write_sample never overwrites: "
             "pass a new path, or delete this one first"
         )
@@ -311,7 +320,8 @@ def _load_masks() -> list[_MaskShape]:
                 image.load()
                 masks.append(_MaskShape(entry.name.removesuffix(".png"), image.copy()))
     if not masks:
-        raise FileNotFoundError(f"no CUHK masks in {folder}: the package data is missing")
+        raise SampleDataMissingError(f"no CUHK masks in {folder}: the package data is missing; "
+                                     "reinstall blurset")
     return masks
 
 
