@@ -26,6 +26,35 @@ class ImageReadError(InputError):
     """An input file that is not a readable image."""
 
 
+class ImageWriteError(InputError):
+    """An output file name whose extension names no image format PIL can write."""
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The PIL format that a file name's extension names, if PIL can write it; else
+    :class:`ImageWriteError` (check an output name before the work that fills it)."""
+    path = Path(path)
+    Image.init()
+    extensions = Image.registered_extensions()
+    fmt = extensions.get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        writable = sorted(e for e, f in extensions.items() if f in Image.SAVE)
+        raise ImageWriteError(f"{path}: cannot write an image with the extension "
+                              f"{path.suffix or '(none)'!r}; use .png, .jpg or .tif (PIL writes "
+                              f"{', '.join(writable[:12])}, …)")
+    return fmt
+
+
+def write_rgb(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save an RGB uint8 ``(H, W, 3)`` array in the format its file extension names (its folder
+    is created); an extension PIL cannot write is refused before anything is written."""
+    fmt = image_format(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format=fmt)
+    return path
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as RGB uint8 ``(H, W, 3)``, EXIF orientation applied."""
     try:

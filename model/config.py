@@ -29,11 +29,11 @@ from typing import Any
 
 import yaml
 
-from blurset.errors import InputError
+from blurset.errors import InputError, NotFoundError
 from blurset.model.data import Augment
 from blurset.model.losses import DEFAULT_BOUNDARY_WEIGHT
 
-__all__ = ["ConfigError", "TrainConfig", "load_config"]
+__all__ = ["ConfigError", "ConfigNotFoundError", "TrainConfig", "load_config"]
 
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly", "cosine")
@@ -41,6 +41,10 @@ LR_SCHEDULES = ("constant", "poly", "cosine")
 
 class ConfigError(InputError):
     """A training config is invalid; the message names the key, the value and what is valid."""
+
+
+class ConfigNotFoundError(NotFoundError, FileNotFoundError):
+    """The training config file the user named does not exist (nor is it a bundled one)."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,8 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"training config {path} does not exist") from None
+        raise ConfigNotFoundError(f"training config {path} does not exist; give a YAML file or "
+                                  f"a bundled config ({', '.join(bundled_configs())})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     config = TrainConfig.from_dict(data or {}, where=str(path))

@@ -25,6 +25,7 @@ from blurset.model.evaluate import (
     format_table,
     write_report,
 )
+from blurset.model.release_format import ReleaseSpecError
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ def score_on_release(release: ReleaseRef, split: str | None, *,
         if progress:
             progress(1)
     if n == 0:
-        raise ValueError(f"{release.spec}: split {split or 'all'} has no rows to score")
+        raise ReleaseSpecError(f"{release.spec}: split {split or 'all'} has no rows to score; "
+                               "choose a split with rows ("
+                               + ", ".join(f"{k} {v}" for k, v in release.splits().items()) + ")")
     return {name: evaluate_arrays(p, name=name) for name, p in pairs.items()}
 
 

@@ -308,9 +308,9 @@ def decode_pair(image: bytes, mask: bytes, size_hint: int | None, row_id: str = 
     with Image.open(io.BytesIO(mask)) as m:
         grey = m.convert("L")
     if grey.size != (w, h):
-        raise ValueError(f"row {row_id}: mask is {grey.size[0]}×{grey.size[1]} but the image "
-                         f"is {w}×{h} (after EXIF orientation); the release is inconsistent "
-                         "(check it with `blurset release verify`)")
+        raise ReleaseIntegrityError(f"row {row_id}: mask is {grey.size[0]}×{grey.size[1]} but "
+                                    f"the image is {w}×{h} (after EXIF orientation); the release "
+                                    "is inconsistent (check it with `blurset release verify`)")
     return rgb, grey
 
 
@@ -470,7 +470,8 @@ class ReleaseDataset(Dataset):
         image = table.column("image")[r].as_py()
         mask = table.column("mask")[r].as_py()
         if not image or not image.get("bytes") or not mask or not mask.get("bytes"):
-            raise ValueError(f"row {row_id} of {self.files[f].name} has no image or mask bytes")
+            raise ReleaseIntegrityError(f"row {row_id} of {self.files[f]} has no image or mask "
+                                        "bytes; check the release with `blurset release verify`")
         im, m = decode_pair(image["bytes"], mask["bytes"], self.input_size, row_id)
         return im, m, row_id
 

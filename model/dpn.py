@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torchvision.models.vgg import cfgs as _VGG_CFGS
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 
+from blurset.errors import InputError, NotFoundError
+
 __all__ = [
     "BACKBONES",
     "DPN",
@@ -30,6 +32,8 @@ __all__ = [
     "SIZE_MULTIPLE",
     "VARIANTS",
     "DPNConfig",
+    "WeightsFileError",
+    "WeightsNotFoundError",
     "build_dpn",
     "count_flops",
     "load_backbone_weights",
@@ -406,16 +410,24 @@ def _check_input(x: Tensor) -> None:
 # --------------------------------------------------------------------------- weights, builder
 
 
+class WeightsNotFoundError(NotFoundError, FileNotFoundError):
+    """The backbone weights file the user named does not exist."""
+
+
+class WeightsFileError(InputError, TypeError):
+    """The backbone weights file holds no state dict (a ``TypeError`` too, as it was)."""
+
+
 def load_vgg16_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a torchvision VGG-16 state dict (e.g. ``vgg16-397923af.pth``) from a local file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"backbone weights file {os.fspath(path)!r} does not exist; pass the path of a "
             f"torchvision vgg16 state dict (e.g. vgg16-397923af.pth), or none to train from scratch"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
-        raise TypeError(
+        raise WeightsFileError(
             f"{os.fspath(path)!r} holds a {type(state).__name__}, not a state dict; save one with "
             f"torch.save(torchvision.models.vgg16(...).state_dict(), path)"
         )

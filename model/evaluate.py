@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from blurset.errors import ConflictError, InputError, NotFoundError
 from blurset.model.baselines import laplacian_blur_map, lbp_blur_map
 from blurset.model.metrics import METRIC_KEYS, BlurMetrics
 
@@ -31,6 +32,9 @@ __all__ = [
     "GT_EXTENSIONS",
     "PRED_EXTENSIONS",
     "EvalResult",
+    "EvaluationInputError",
+    "MapFolderNotFoundError",
+    "ReportExistsError",
     "baseline_map",
     "evaluate_arrays",
     "evaluate_dirs",
@@ -63,6 +67,19 @@ SUMMARY_KEYS = (
     "n_full_gt",
 )
 _SHOW_MISSING = 5  # stems listed in an unmatched-files error
+
+
+class EvaluationInputError(InputError):
+    """The maps or masks given to :func:`evaluate_dirs` cannot be scored: unmatched stems, an
+    unreadable file, a map whose shape differs from its mask's (a ``ValueError`` too)."""
+
+
+class MapFolderNotFoundError(NotFoundError, FileNotFoundError):
+    """A folder of maps or masks given to :func:`evaluate_dirs` does not exist."""
+
+
+class ReportExistsError(ConflictError, FileExistsError):
+    """:func:`write_report` found a report in its folder and was not asked to replace it."""
 
 
 @dataclass(frozen=True)
@@ -202,24 +219,26 @@ def evaluate_arrays(
 
 
 def _accumulate(
-    labelled: Iterable[tuple[str, Any, Any]], *, invert_gt: bool, invert_pred: bool
+    labelled: Iterable[tuple[str, Any, Any]], *, invert_gt: bool, invert_pred: bool,
+    refused: type[Exception] | None = None,
 ) -> BlurMetrics:
-    """Step every ``(label, pred, gt)``; a bad pair's error names its label."""
+    """Step every ``(label, pred, gt)``; a bad pair's error names its label. With ``refused``
+    (files the user gave) it is that error instead of ``ValueError``/``TypeError``."""
     metrics = BlurMetrics()
     for label, pred, gt in labelled:
         try:
             metrics.step(*_prepare(pred, gt, invert_pred=invert_pred, invert_gt=invert_gt))
         except (ValueError, TypeError) as exc:
-            raise (TypeError if isinstance(exc, TypeError) else ValueError)(
-                f"{label}: {exc}"
-            ) from exc
+            error = refused or (TypeError if isinstance(exc, TypeError) else ValueError)
+            raise error(f"{label}: {exc}") from exc
     return metrics
 
 
 def _index(directory: Path, extensions: tuple[str, ...], role: str) -> tuple[dict, list]:
     """stem → file for the files of ``directory`` with one of ``extensions``; others listed."""
     if not directory.is_dir():
-        raise FileNotFoundError(f"{role} directory {directory} does not exist or is not a folder")
+        raise MapFolderNotFoundError(f"{role} directory {directory} does not exist or is not a "
+                                     "folder; give the folder of the files")
     by_stem: dict[str, Path] = {}
     ignored: list[Path] = []
     for path in sorted(directory.iterdir()):
@@ -229,7 +248,7 @@ def _index(directory: Path, extensions: tuple[str, ...], role: str) -> tuple[dic
             ignored.append(path)
             continue
         if path.stem in by_stem:
-            raise ValueError(
+            raise EvaluationInputError(
                 f"{role} directory {directory} holds two files with the stem {path.stem!r}: "
                 f"{by_stem[path.stem].name} and {path.name}; keep one"
             )
@@ -253,16 +272,16 @@ def evaluate_dirs(
     Maps: ``*.png|jpg|jpeg|bmp|tif|tiff|npy``; masks: ``*.png|bmp`` (255 = blurred; pass
     ``invert_gt=True`` for sets whose masks are 255 = in focus). Only the folders' top level is
     read; hidden files are skipped, files of other extensions are returned in
-    ``EvalResult.ignored``. Every mask needs a map: otherwise ``ValueError`` says how many
-    matched and which stems are missing. A map without a mask is an error too, unless
-    ``allow_extra_preds`` (then its stem is in ``EvalResult.extra_preds``). With ``out_dir`` the
+    ``EvalResult.ignored``. Every mask needs a map: otherwise :class:`EvaluationInputError` (a
+    ``ValueError``) says how many matched and which stems are missing. A map without a mask is
+    an error too, unless ``allow_extra_preds`` (then its stem is in ``EvalResult.extra_preds``). With ``out_dir`` the
     report of this one method is written there (:func:`write_report`, ``force`` to overwrite).
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     preds, ignored_preds = _index(pred_dir, PRED_EXTENSIONS, "prediction")
     gts, ignored_gts = _index(gt_dir, GT_EXTENSIONS, "mask")
     if not gts:
-        raise ValueError(
+        raise EvaluationInputError(
             f"mask directory {gt_dir} holds no {'/'.join(GT_EXTENSIONS)} file"
             + (f" (it holds {len(ignored_gts)} other files)" if ignored_gts else "")
         )
@@ -279,7 +298,7 @@ def evaluate_dirs(
             "only)"
         )
     if problems:
-        raise ValueError(
+        raise EvaluationInputError(
             f"evaluate_dirs({name!r}): {len(matched)} of {len(gts)} masks matched a map by "
             "file stem; " + "; ".join(problems)
         )
@@ -290,10 +309,11 @@ def evaluate_dirs(
             try:
                 pred, gt = load_pred_map(preds[stem]), load_mask(gts[stem])
             except (OSError, ValueError, TypeError) as exc:  # unreadable or not a map
-                raise ValueError(f"{label}: cannot read the pair: {exc}") from exc
+                raise EvaluationInputError(f"{label}: cannot read the pair: {exc}") from exc
             yield label, pred, gt
 
-    metrics = _accumulate(labelled(), invert_gt=invert_gt, invert_pred=invert_pred)
+    metrics = _accumulate(labelled(), invert_gt=invert_gt, invert_pred=invert_pred,
+                          refused=EvaluationInputError)
     result = EvalResult(
         name=name,
         metrics=metrics.results(),
@@ -345,9 +365,9 @@ def write_report(
     paths = {name: out / name for name in REPORT_FILES}
     existing = [p.name for p in paths.values() if p.exists()]
     if existing and not force:
-        raise FileExistsError(
-            f"{out} already holds a report ({', '.join(existing)}); pass force=True to "
-            "overwrite it or choose another directory"
+        raise ReportExistsError(
+            f"{out} already holds a report ({', '.join(existing)}); pass force=True (--force) "
+            "to overwrite it or choose another directory"
         )
     out.mkdir(parents=True, exist_ok=True)
     methods = {name: _metrics_of(r) for name, r in results.items()}
