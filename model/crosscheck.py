@@ -86,7 +86,7 @@ def score_on_release(release: ReleaseRef, split: str | None, *,
     if n == 0:
         raise ReleaseSpecError(f"{release.spec}: split {split or 'all'} has no rows to score; "
                                "choose a split with rows ("
-                               + ", ".join(f"{k} {v}" for k, v in release.splits().items()) + ")")
+                               + ", ".join(f"{k} {v}" for k, v in release.splits().items() if v) + ")")
     return {name: evaluate_arrays(p, name=name) for name, p in pairs.items()}
 
 
