@@ -80,7 +80,9 @@ def test_an_error_from_inside_a_flow_is_one_line(tmp_path, monkeypatch):
         "Error: x does not look like a cuhk source"], r.output
 
 
-def test_a_builtin_refusal_of_a_stage_reads_like_an_error(tmp_path):
+def test_a_refusal_of_a_stage_reads_like_an_error(tmp_path):
+    """A stage refuses with its own BlursetError (here SampleExistsError), never a builtin that
+    the CLI would have to translate; see test_refusals.py for each stage."""
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "mine.txt").write_text("keep")
     r = invoke("sample", str(tmp_path / "s"))

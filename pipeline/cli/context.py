@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -21,11 +19,6 @@ import click
 
 from blurset.errors import BlursetError
 from blurset.pipeline.workspace import Workspace
-
-
-class Refused(BlursetError):
-    """A stage refused the request with a builtin exception (e.g. ``FileExistsError`` for a
-    release that exists); shown like any :class:`BlursetError`. See :func:`reported`."""
 
 
 def prefect_env(ws_root: Path, verbose: bool = False) -> None:
@@ -151,22 +144,9 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@contextmanager
-def reported(*types: type[Exception]) -> Iterator[None]:
-    """Show these builtin exceptions, which a stage still raises for a refused request, as one
-    ``Error:`` line like a :class:`BlursetError` (``-v`` shows the traceback)."""
-    _EXPECTED_FILTER.extra = types
-    try:
-        yield
-    except types as e:
-        raise Refused(str(e)) from e
-    finally:
-        _EXPECTED_FILTER.extra = ()
-
-
-def _subclass_names(types: tuple[type[BaseException], ...]) -> set[str]:
+def _subclass_names(root: type[BaseException]) -> set[str]:
     names: set[str] = set()
-    todo = list(types)
+    todo = [root]
     while todo:
         t = todo.pop()
         names.add(t.__name__)
@@ -176,14 +156,13 @@ def _subclass_names(types: tuple[type[BaseException], ...]) -> set[str]:
 
 class _ExpectedErrorFilter(logging.Filter):
     """Drops Prefect's console records about an error the CLI reports itself in one line: the
-    flow's and task's tracebacks of a :class:`BlursetError` (or a type passed to
-    :func:`reported`) and the task's closing "Finished in state Failed(…)" line about it.
-    Everything else, and everything with ``-v``, reaches the console as before."""
+    flow's and task's tracebacks of a :class:`BlursetError` and the task's closing "Finished in
+    state Failed(…)" line about it. Everything else, and everything with ``-v``, reaches the
+    console as before."""
 
     def __init__(self) -> None:
         super().__init__("blurset-expected-errors")
         self.quiet = True
-        self.extra: tuple[type[Exception], ...] = ()
 
     def install(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -194,13 +173,12 @@ class _ExpectedErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.quiet or not record.name.startswith("prefect."):
             return True
-        expected = (BlursetError, *self.extra)
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
-            return not isinstance(exc, expected)
+            return not isinstance(exc, BlursetError)
         message = record.getMessage()
         return not (message.startswith("Finished in state Failed") and any(
-            f"exception {name}:" in message for name in _subclass_names(expected)))
+            f"exception {name}:" in message for name in _subclass_names(BlursetError)))
 
 
 _EXPECTED_FILTER = _ExpectedErrorFilter()

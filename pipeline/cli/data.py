@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from blurset.pipeline.cli.context import Ctx, pass_ctx, reported
+from blurset.pipeline.cli.context import Ctx, pass_ctx
 from blurset.pipeline.stages.ingest import DEFAULT_MAX_PIXELS
 from blurset.pipeline.stages.sources import ADAPTERS
 
@@ -22,8 +22,7 @@ from blurset.pipeline.stages.sources import ADAPTERS
 def sample(dest: Path, size: str, seed: int) -> None:
     """Write the bundled sample (CUHK-, MSRA10K-, DUT-OMRON-style folders) to DEST."""
     from blurset.pipeline.demo.sample import write_sample
-    with reported(FileExistsError):
-        info = write_sample(dest, size=size, seed=seed)
+    info = write_sample(dest, size=size, seed=seed)
     click.echo(f"sample written to {dest.resolve()} (truth: {info.truth})")
 
 

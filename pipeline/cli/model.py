@@ -10,11 +10,7 @@ from pathlib import Path
 
 import click
 
-from blurset.pipeline.cli.context import Ctx, pass_ctx, reported
-
-# Builtin exceptions that model/ still raises for a refused request (an output folder that holds
-# a run, a missing file, a bad value); its own errors are BlursetErrors.
-_REFUSED = (FileExistsError, FileNotFoundError, ValueError)
+from blurset.pipeline.cli.context import Ctx, pass_ctx
 
 
 def _load(checkpoint: str):
@@ -67,9 +63,8 @@ def _print_result(r) -> None:
 def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resume: bool,
           sets: tuple[str, ...], backbone_weights: str | None, releases_root: str | None) -> None:
     """Train the DPN on a release (one process; several GPUs: torchrun -m blurset.model.train)."""
-    with reported(*_REFUSED):
-        r = _train(config_path, train, val, Path(out), resume, sets, backbone_weights,
-                   c.releases_root(releases_root))
+    r = _train(config_path, train, val, Path(out), resume, sets, backbone_weights,
+               c.releases_root(releases_root))
     _print_result(r)
 
 
@@ -105,21 +100,20 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
     from blurset.model.evaluate import format_table
     if bool(checkpoint) == bool(pred_dir):
         raise click.UsageError("give either --checkpoint with --release, or --pred-dir with --gt-dir")
-    with reported(*_REFUSED):
-        if checkpoint:
-            if not release_spec:
-                raise click.UsageError("--checkpoint needs --release NAME@VERSION")
-            results = _score_checkpoint(c, checkpoint, release_spec, split, baselines,
-                                        name or "DPN", releases_root)
-        else:
-            if not gt_dir:
-                raise click.UsageError("--pred-dir needs --gt-dir")
-            from blurset.model.evaluate import evaluate_dirs
-            label = name or Path(pred_dir).name
-            r = evaluate_dirs(pred_dir, gt_dir, invert_gt=invert_gt, invert_pred=invert_pred,
-                              name=label, allow_extra_preds=allow_extra_preds)
-            results = {label: r}
-        paths = _write(results, out, force) if out else {}
+    if checkpoint:
+        if not release_spec:
+            raise click.UsageError("--checkpoint needs --release NAME@VERSION")
+        results = _score_checkpoint(c, checkpoint, release_spec, split, baselines,
+                                    name or "DPN", releases_root)
+    else:
+        if not gt_dir:
+            raise click.UsageError("--pred-dir needs --gt-dir")
+        from blurset.model.evaluate import evaluate_dirs
+        label = name or Path(pred_dir).name
+        r = evaluate_dirs(pred_dir, gt_dir, invert_gt=invert_gt, invert_pred=invert_pred,
+                          name=label, allow_extra_preds=allow_extra_preds)
+        results = {label: r}
+    paths = _write(results, out, force) if out else {}
     click.echo(format_table(results))
     if json_path:
         _write_json(results, paths, Path(json_path))
@@ -189,19 +183,18 @@ def crosscheck(c: Ctx, train_spec: str | None, checkpoint: str | None, test_spec
     if bool(train_spec) == bool(checkpoint):
         raise click.UsageError("give --train NAME@VERSION (with --config) or --checkpoint C")
     out_dir = Path(out)
-    with reported(*_REFUSED):
-        if train_spec:
-            if not config_path:
-                raise click.UsageError("--train needs --config")
-            run = out_dir / "train"
-            resume = (run / "checkpoints" / "last.pt").exists()
-            r = _train(config_path, train_spec, None, run, resume, sets, None,
-                       c.releases_root(releases_root))
-            _print_result(r)
-            checkpoint = str(r.best_checkpoint)
-        results = _score_checkpoint(c, checkpoint, test_spec, None, True, "DPN", releases_root,
-                                    whole=True)
-        paths = _write(results, str(out_dir / "report"), force=True)
+    if train_spec:
+        if not config_path:
+            raise click.UsageError("--train needs --config")
+        run = out_dir / "train"
+        resume = (run / "checkpoints" / "last.pt").exists()
+        r = _train(config_path, train_spec, None, run, resume, sets, None,
+                   c.releases_root(releases_root))
+        _print_result(r)
+        checkpoint = str(r.best_checkpoint)
+    results = _score_checkpoint(c, checkpoint, test_spec, None, True, "DPN", releases_root,
+                                whole=True)
+    paths = _write(results, str(out_dir / "report"), force=True)
     click.echo(format_table(results))
     click.echo(f"report: {paths['table'].parent.resolve()} (table.txt, metrics.json, "
                "pr_curve.png, f_curve.png)")
@@ -225,13 +218,12 @@ def predict(images: tuple[str, ...], checkpoint: str, out: str) -> None:
             raise InputError(f"{targets[target]} and {path} would both be written to {target}; "
                              "rename one, or predict them into different --out folders")
         targets[target] = path
-    with reported(*_REFUSED):
-        model, _, size = _load(checkpoint)
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in tqdm(images, desc="predict", unit="img", disable=len(images) < 2):
-            blur_map = predict_maps(model, [read_rgb(path)], input_size=size)[0]
-            map_to_png(blur_map).save(output_name(path, out_dir))
+    model, _, size = _load(checkpoint)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(images, desc="predict", unit="img", disable=len(images) < 2):
+        blur_map = predict_maps(model, [read_rgb(path)], input_size=size)[0]
+        map_to_png(blur_map).save(output_name(path, out_dir))
     click.echo(f"{len(images)} blur maps in {out_dir.resolve()}")
 
 
@@ -247,10 +239,9 @@ def blur_degree_cmd(images: tuple[str, ...], checkpoint: str, threshold: float,
                     csv_path: str | None) -> None:
     """Blur degree S (mean of the blur map) of each image, and a camera-shake flag (CSV)."""
     from blurset.model.apply import blur_degree, predict_maps, read_rgb
-    with reported(*_REFUSED):
-        model, _, size = _load(checkpoint)
-        rows = [blur_degree(p, predict_maps(model, [read_rgb(p)], input_size=size)[0], threshold)
-                for p in images]
+    model, _, size = _load(checkpoint)
+    rows = [blur_degree(p, predict_maps(model, [read_rgb(p)], input_size=size)[0], threshold)
+            for p in images]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "blur_degree", "blurred_fraction", "camera_shake"])
@@ -275,16 +266,13 @@ def blur_degree_cmd(images: tuple[str, ...], checkpoint: str, threshold: float,
               help="Soft edge (sigma as a share of the longer side).")
 def dof_magnify_cmd(image: str, checkpoint: str, out: str, strength: float, feather: float) -> None:
     """Depth-of-field magnification: keep the in-focus region, blur the background more."""
-    from PIL import Image
-
-    from blurset.model.apply import dof_magnify, predict_maps, read_rgb
-    with reported(*_REFUSED):
-        model, _, size = _load(checkpoint)
-        rgb = read_rgb(image)
-        result = dof_magnify(rgb, predict_maps(model, [rgb], input_size=size)[0],
-                             strength=strength, feather=feather)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(result).save(out)
+    from blurset.model.apply import dof_magnify, image_format, predict_maps, read_rgb, write_rgb
+    image_format(out)  # a name PIL cannot write is refused before the model runs
+    model, _, size = _load(checkpoint)
+    rgb = read_rgb(image)
+    result = dof_magnify(rgb, predict_maps(model, [rgb], input_size=size)[0],
+                         strength=strength, feather=feather)
+    write_rgb(result, out)
     click.echo(f"wrote {out}")
 
 

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import click
 
-from blurset.pipeline.cli.context import Ctx, pass_ctx, reported
-
-# The release stage still refuses an existing release (build, publish) with FileExistsError.
-_REFUSED = (FileExistsError,)
+from blurset.pipeline.cli.context import Ctx, pass_ctx
 
 
 @click.group()
@@ -64,8 +61,7 @@ def build(c: Ctx, name: str, version: str, sources: tuple[str, ...], projects: t
                        projects=list(projects) or None, split=split,
                        split_file=_split_file(split_files), shard_bytes=shard_mb * 2**20,
                        license=license_, out_root=c.releases_root(out_root))  # checks it, at once
-    with reported(*_REFUSED):
-        r = c.flows.release_flow(c.ws.root, spec, catalog_url=c.ws.catalog_url)
+    r = c.flows.release_flow(c.ws.root, spec, catalog_url=c.ws.catalog_url)
     splits = ", ".join(f"{k} {v}" for k, v in r.splits.items())
     dropped = ", ".join(f"{k} {v}" for k, v in r.dropped.items() if v) or "none"
     click.echo(f"{name} {version}: {r.rows} images ({splits}) in {len(r.shards)} shards; "
@@ -95,8 +91,7 @@ def verify(path: str) -> None:
 def diff(a: str, b: str, fmt: str) -> None:
     """Images added, removed, and whose mask or split changed from release A to release B."""
     from blurset.pipeline.release import diff_releases
-    with reported(OSError):
-        d = diff_releases(a, b)
+    d = diff_releases(a, b)
     if fmt == "json":
         click.echo(json.dumps(asdict(d), indent=2))
         return
@@ -151,8 +146,7 @@ def _storage_options(options: tuple[str, ...]) -> dict:
 def publish(path: str, url: str, options: tuple[str, ...]) -> None:
     """Verify PATH, then copy it to URL/NAME/VERSION (a folder or s3://bucket/prefix)."""
     from blurset.pipeline.release import publish_release
-    with reported(*_REFUSED):
-        dest = publish_release(path, url, storage_options=_storage_options(options))
+    dest = publish_release(path, url, storage_options=_storage_options(options))
     click.echo(f"published {path} -> {dest}")
 
 
