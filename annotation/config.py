@@ -19,8 +19,7 @@ BLUR_TYPES = ("defocus", "motion")
 REJECT = "reject"  # Choices: a reason the image cannot be used
 REJECT_REASONS = ("no blur", "unusable")
 IMAGE = "image"  # the Image tag and the task data key holding the image URL
-MASK_COLOUR = "#ff3b30"
-MASK_OPACITY = 0.45  # the image stays visible through the mask, also on reddish images
+MASK_COLOUR = "#ff3b30"  # drawn at Label Studio's brush-layer opacity (0.6): the image shows
 
 # Label Studio 1.23's own hotkeys (its editor's keymap), and the number keys it gives choices
 INSTRUCTIONS = ("Paint every blurred region: the Blurred brush is selected when a task opens "
@@ -31,7 +30,7 @@ INSTRUCTIONS = ("Paint every blurred region: the Blurred brush is selected when 
 
 LABEL_CONFIG = f"""<View>
   <Header value="{INSTRUCTIONS}" size="6"/>
-  <BrushLabels name="{BRUSH}" toName="{IMAGE}" opacity="{MASK_OPACITY}">
+  <BrushLabels name="{BRUSH}" toName="{IMAGE}">
     <Label value="{BLURRED}" background="{MASK_COLOUR}" selected="true" hotkey="1"/>
   </BrushLabels>
   <!-- fitted whole, clear of the zoom and brush-size controls Label Studio floats over the
