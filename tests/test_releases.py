@@ -512,7 +512,7 @@ def test_an_existing_version_is_refused_and_the_parent_is_the_highest_below(env)
     root = env.ws.root / "releases"
     first = R.build_release(env.ws, env.catalog,
                             R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"]))
-    with pytest.raises(FileExistsError, match=re.escape(str(root / "cuhk" / "1.0.0"))):
+    with pytest.raises(R.ReleaseExistsError, match=re.escape(str(root / "cuhk" / "1.0.0"))):
         R.build_release(env.ws, env.catalog, R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"]))
     assert R.verify_release(first.path).ok
     for version, parent in [("1.2.0", "1.0.0"), ("1.1.0", "1.0.0"), ("0.9.0", None)]:
@@ -684,7 +684,7 @@ def test_publish_to_a_local_folder_and_never_over_a_published_version(cuhk_relea
             assert (published / f.relative_to(cuhk_release)).read_bytes() == f.read_bytes()
     assert R.verify_release(published).ok
     assert [p.name for p in (dest / "cuhk").iterdir()] == ["1.0.0"]  # no temporary folder left
-    with pytest.raises(FileExistsError, match="already published"):
+    with pytest.raises(R.ReleaseExistsError, match="already published"):
         R.publish_release(cuhk_release, str(dest))
     broken = tmp_path / "broken"
     shutil.copytree(cuhk_release, broken)
@@ -728,7 +728,8 @@ def test_publish_to_s3_and_never_over_a_published_version(cuhk_release, s3):
         assert fs.cat_file(f"{remote}/{rel}") == (cuhk_release / rel).read_bytes(), rel
     with fs.open(f"{remote}/data/test-00000-of-00001.parquet", "rb") as fh:
         assert pq.read_table(fh).num_rows == 4
-    with pytest.raises(FileExistsError, match="already published at s3://releases-bucket/blur"):
+    with pytest.raises(R.ReleaseExistsError,
+                       match="already published at s3://releases-bucket/blur"):
         R.publish_release(cuhk_release, "s3://releases-bucket/blur", storage_options=opts)
     # an interrupted copy (no manifest: the marker written last) is completed by the next publish
     fs.rm(f"{remote}/manifest.json")
