@@ -42,7 +42,7 @@ from blurset.model.checkpoint import (
     run_state,
     write_checkpoint,
 )
-from blurset.model.config import ConfigError, TrainConfig, load_config
+from blurset.model.config import TrainConfig, load_config
 from blurset.model.data import ReleaseRef, resolve_release
 from blurset.model.dpn import build_dpn
 from blurset.model.loop import train_epoch, validate
@@ -304,7 +304,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         val = resolve_release(args.val, args.releases_root) if args.val else None
         result = main(config, train=train, val=val, out_dir=Path(args.out), resume=args.resume,
                       progress=not args.no_progress)
-    except (BlursetError, ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except BlursetError as e:  # a refused request or bad input; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     if rank == 0:

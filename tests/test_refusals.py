@@ -181,6 +181,15 @@ def test_a_training_config_that_does_not_exist(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_the_torchrun_entry_point_prints_a_refusal_as_one_line(tmp_path, capsys):
+    from blurset.model.train import cli_main
+    code = cli_main(["--config", str(tmp_path / "nope.yaml"), "--train", "toy@1.0.0",
+                     "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: training config ") and "nope.yaml" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_backbone_weights_that_are_missing_or_no_state_dict(tmp_path):
     import torch
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
