@@ -127,10 +127,12 @@ def _workers(asked: int | None, jobs: int) -> int:
 
 def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
                  jobs: Sequence[tuple[int, int, list]], bars: verify.Bars,
-                 progress: Callable[[int], None] | None = None
+                 progress: Callable[[int], None] | None = None,
+                 prepared: dict[tuple[int, bool], verify.Prepared] | None = None
                  ) -> list[tuple[int, verify.Verdict]]:
-    """The verdict of each (earlier, later, initial hits) job, in order."""
-    prepared: dict[tuple[int, bool], verify.Prepared] = {}
+    """The verdict of each (earlier, later, initial hits) job, in order. ``prepared`` caches
+    the prepared thumbs (a worker keeps one for all its chunks)."""
+    prepared = {} if prepared is None else prepared
 
     def prep(i: int, mirrored: bool = False) -> verify.Prepared:
         if (i, mirrored) not in prepared:
@@ -153,20 +155,20 @@ _SHARED: dict = {}  # a worker process's thumbs and chroma grids, set once by it
 def _init_worker(thumbs: np.ndarray, chromas: list, bars: verify.Bars) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
-    _SHARED.update(thumbs=thumbs, chromas=chromas, bars=bars)
+    _SHARED.update(thumbs=thumbs, chromas=chromas, bars=bars, prepared={})
 
 
 def _verify_chunk(jobs: list[tuple[int, int, list]]) -> list[tuple[int, verify.Verdict]]:
-    return _verify_jobs(_SHARED["thumbs"], _SHARED["chromas"], jobs, _SHARED["bars"])
+    return _verify_jobs(_SHARED["thumbs"], _SHARED["chromas"], jobs, _SHARED["bars"],
+                        prepared=_SHARED["prepared"])
 
 
 def _verify_in_processes(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
                          jobs: Sequence[tuple[int, int, list]], bars: verify.Bars, workers: int,
                          progress: Callable[[int], None] | None) -> list[tuple[int, verify.Verdict]]:
     """The same verdicts as :func:`_verify_jobs`, from ``workers`` processes (spawned: safe
-    beside the threads of a Prefect run). A chunk's pairs prepare their thumbs again in the
-    process that gets them; chunks are contiguous runs of the pair order, so the images a
-    chunk needs are mostly the same few."""
+    beside the threads of a Prefect run). Each process prepares the thumbs its chunks need
+    once, in a cache of its own; chunks are contiguous runs of the pair order."""
     chunks = [list(jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
     ctx = multiprocessing.get_context("spawn")
     out: list[tuple[int, verify.Verdict]] = []
