@@ -1,7 +1,7 @@
 """Dedup time against the verifier it replaced, on the same hash records in one process.
 
     python benchmarks/dedup_speed.py SET [SET ...] [--rounds 3] [--baseline 594a865]
-                                     [--workers N]
+                                     [--workers 2]
 
 Each ``SET`` is a folder with a ``truth.json`` (``benchmarks/realphotos.py`` or the sample
 bench, ``benchmarks/dedup_quality.py``'s sets): the first set's references are the references,
@@ -12,14 +12,16 @@ and the sample bench make about 10^4 images. Every image is hashed once
 - **baseline**: ``find_duplicates`` of the dedup module at commit ``--baseline`` (default
   594a865, the verifier before the ``uncertain`` verdict, colour and coarse evidence; read with
   ``git show`` from this repository's history, so run this inside a clone);
-- **now**: ``blurset.pipeline.stages.dedup.find_duplicates`` (``--workers``: processes that
-  verify pairs; default 1, the same single process the baseline uses).
+- **now**: ``blurset.pipeline.stages.dedup.find_duplicates`` in one process, as the baseline;
+- **now_workers** (with ``--workers N``, N > 1): the same with N verification processes (what
+  ``find_duplicates`` does by default on a machine with N cores and at least 4,000·N pairs).
 
 Rounds alternate the two (baseline first) so that load on the shared cores hits both alike;
 each figure is the best round, wall clock and CPU seconds of this process and its workers.
-The last line is ``RESULT images=… pairs=… baseline_s=… now_s=… now_vs_baseline=…
-baseline_cpu_s=… now_cpu_s=… cpu_ratio=… workers=…`` (ratios: now / baseline; below 1 is
-faster).
+The last line is ``RESULT images=… pairs=… baseline_pairs=… baseline_s=… now_s=…
+now_vs_baseline=… baseline_cpu_s=… now_cpu_s=… cpu_ratio=… [workers=… workers_s=…
+workers_vs_baseline=… workers_cpu_s=…]`` (ratios: now / baseline; below 1 is faster; the two
+search for different numbers of pairs: ``pairs`` and ``baseline_pairs``).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sets", nargs="+", type=Path, help="folders with a truth.json")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", default="594a865", help="commit of the baseline verifier")
-    parser.add_argument("--workers", type=int, default=1, help="verification processes (now)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="verification processes of the now_workers run (1: skip it)")
     args = parser.parse_args(argv)
 
     from blurset.pipeline.stages import dedup
@@ -110,21 +113,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_c = [old.HashRecord(k, h) for k, h in cands]
     new_r = [dedup.HashRecord(k, h) for k, h in refs]
     new_c = [dedup.HashRecord(k, h) for k, h in cands]
-    best = {"baseline": (float("inf"), float("inf")), "now": (float("inf"), float("inf"))}
+    calls = {"baseline": lambda: old.find_duplicates(old_r, old_c),
+             "now": lambda: dedup.find_duplicates(new_r, new_c, workers=1)}
+    if args.workers > 1:
+        calls["now_workers"] = lambda: dedup.find_duplicates(new_r, new_c, workers=args.workers)
+    best = {name: (float("inf"), float("inf")) for name in calls}
     pairs = {}
     for r in range(args.rounds):
-        for name, call in (("baseline", lambda: old.find_duplicates(old_r, old_c)),
-                           ("now", lambda: dedup.find_duplicates(new_r, new_c,
-                                                                 workers=args.workers))):
+        for name, call in calls.items():
             wall, cpu, matches = timed(call)
             pairs[name] = len(matches)
             best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-            print(f"round {r + 1} {name:8} {wall:7.1f} s wall {cpu:7.1f} s CPU "
+            print(f"round {r + 1} {name:11} {wall:7.1f} s wall {cpu:7.1f} s CPU "
                   f"{len(matches)} pairs", flush=True)
     (bw, bc), (nw, nc) = best["baseline"], best["now"]
-    print(f"RESULT images={len(refs) + len(cands)} pairs={pairs['now']} baseline_s={bw:.1f} "
-          f"now_s={nw:.1f} now_vs_baseline={nw / bw:.2f} baseline_cpu_s={bc:.1f} "
-          f"now_cpu_s={nc:.1f} cpu_ratio={nc / bc:.2f} workers={args.workers}")
+    line = (f"RESULT images={len(refs) + len(cands)} pairs={pairs['now']} "
+            f"baseline_pairs={pairs['baseline']} baseline_s={bw:.1f} now_s={nw:.1f} "
+            f"now_vs_baseline={nw / bw:.2f} baseline_cpu_s={bc:.1f} now_cpu_s={nc:.1f} "
+            f"cpu_ratio={nc / bc:.2f}")
+    if args.workers > 1:
+        ww, wc = best["now_workers"]
+        line += (f" workers={args.workers} workers_s={ww:.1f} workers_vs_baseline={ww / bw:.2f}"
+                 f" workers_cpu_s={wc:.1f}")
+    print(line)
     return 0
 
 
