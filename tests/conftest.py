@@ -139,6 +139,25 @@ def bad_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return root, expected
 
 
+def ingest_into(ws_root: Path, name: str, kind: str, folder: Path):
+    """A workspace at ``ws_root`` with ``folder`` ingested as source ``name`` of ``kind``, in one
+    batch and without Prefect (the stage functions the ingest flow calls)."""
+    from blurset.pipeline.stages.ingest import ingest_batch
+    from blurset.pipeline.stages.sources import scan_source
+    from blurset.pipeline.workspace import Workspace
+
+    ws = Workspace.open(ws_root)
+    catalog = ws.catalog()
+    try:
+        catalog.register_source(name, kind, str(folder))
+        res = ingest_batch(folder, scan_source(kind, folder).items, ws.objects.root,
+                           ws.quarantine_store.root)
+        catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
+    finally:
+        catalog.close()
+    return ws
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import jpeg_bytes, photo, png_bytes
+from conftest import ingest_into, jpeg_bytes, photo, png_bytes
 from PIL import Image
 
 from blurset.pipeline import release as R
 from blurset.pipeline.cli.main import cli
-from blurset.pipeline.stages.ingest import ingest_batch
 from blurset.pipeline.stages.sources import scan_source
 from blurset.pipeline.workspace import Workspace
 
@@ -38,15 +37,7 @@ def write_cuhk(root: Path, n: int = 4) -> Path:
 
 
 def ingested(root: Path) -> Workspace:
-    src = write_cuhk(root / "cuhk")
-    ws = Workspace.open(root / "ws")
-    catalog = ws.catalog()
-    catalog.register_source("cuhk", "cuhk", str(src))
-    res = ingest_batch(src, scan_source("cuhk", src).items, ws.objects.root,
-                       ws.quarantine_store.root)
-    catalog.record_batch("cuhk", res.images, res.paths, res.masks, res.quarantined)
-    catalog.close()
-    return ws
+    return ingest_into(root / "ws", "cuhk", "cuhk", write_cuhk(root / "cuhk"))
 
 
 @pytest.fixture(scope="module")

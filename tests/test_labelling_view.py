@@ -18,17 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import wait_for
-from conftest import jpeg_bytes, photo
+from conftest import ingest_into, jpeg_bytes, photo
 from PIL import Image
 
 from blurset.annotation.client import connect
 from blurset.annotation.config import BLURRED, MASK_COLOUR
 from blurset.annotation.ml_backend import Backend, make_server
 from blurset.pipeline.cli.labelstudio import backend_title
-from blurset.pipeline.stages.ingest import ingest_batch
 from blurset.pipeline.stages.labelling import pull, push, status
 from blurset.pipeline.stages.prelabel import make_prelabeller, prediction_mask
-from blurset.pipeline.stages.sources import scan_source
 from blurset.pipeline.workspace import Workspace
 
 pytestmark = pytest.mark.integration
@@ -45,13 +43,7 @@ def workspace(tmp_path: Path) -> Workspace:
     folder.mkdir()
     (folder / "wide.jpg").write_bytes(jpeg_bytes(photo(0, WIDE)))
     (folder / "narrow.jpg").write_bytes(jpeg_bytes(photo(1, (300, 400))))
-    ws = Workspace.open(tmp_path / "ws")
-    catalog = ws.catalog()
-    catalog.register_source("photos", "folder", str(folder))
-    res = ingest_batch(folder, scan_source("folder", folder).items, ws.objects.root,
-                       ws.quarantine_store.root)
-    catalog.record_batch("photos", res.images, res.paths, res.masks, res.quarantined)
-    return ws
+    return ingest_into(tmp_path / "ws", "photos", "folder", folder)
 
 
 def pushed(tmp_path: Path, request: pytest.FixtureRequest, project: str, prelabel: str | None):
