@@ -25,10 +25,11 @@ class NoWorkspaceError(NotFoundError):
 class Workspace:
     root: Path
     catalog_url: str
+    objects_url: str | None = None
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, catalog_url: str | None = None, *,
-             create: bool = True) -> Workspace:
+             create: bool = True, objects_url: str | None = None) -> Workspace:
         """Resolve the workspace: argument, else ``BLURSET_WORKSPACE``, else ``./workspace``.
 
         ``create=False`` (verbs that only read): raise :class:`NoWorkspaceError` if there is no
@@ -44,7 +45,7 @@ class Workspace:
                                    "check --workspace or $BLURSET_WORKSPACE, or ingest a source "
                                    "to create one")
         root.mkdir(parents=True, exist_ok=True)
-        return cls(root=root, catalog_url=url)
+        return cls(root=root, catalog_url=url, objects_url=objects_url)
 
     @property
     def objects(self) -> ObjectStore:
