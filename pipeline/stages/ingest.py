@@ -22,8 +22,23 @@ from PIL import Image, UnidentifiedImageError
 from blurset.errors import BlursetError
 from blurset.pipeline.catalog import Catalog, ImageRow, MaskRow, PathRow, QuarantineRow
 from blurset.pipeline.stages.hashing import hash_opened
-from blurset.pipeline.stages.sources import OrphanMask, SourceItem
-from blurset.pipeline.store import FORMAT_EXTENSIONS, ObjectStore, extension_for, sha256_hex
+from blurset.pipeline.stages.sources import (
+    OrphanMask,
+    RemoteSource,
+    SourceItem,
+    SourceRoot,
+    file_signature,
+    read_file,
+)
+from blurset.pipeline.store import (
+    FORMAT_EXTENSIONS,
+    ObjectStore,
+    RemoteObjectStore,
+    extension_for,
+    sha256_hex,
+)
+
+Store = ObjectStore | RemoteObjectStore
 
 DEFAULT_MAX_PIXELS = 100_000_000
 EXIF_ORIENTATION = 0x0112
@@ -58,16 +73,11 @@ class BatchResult:
     quarantined: list[QuarantineRow] = field(default_factory=list)
 
 
-def file_signature(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def item_signature(root: Path, item: SourceItem) -> str:
+def item_signature(root: SourceRoot, item: SourceItem) -> str:
     """Changes whenever the image file or its mask file changes."""
-    sig = file_signature(root / item.rel_path)
+    sig = file_signature(root, item.rel_path)
     if item.mask_path:
-        sig += "|" + file_signature(root / item.mask_path)
+        sig += "|" + file_signature(root, item.mask_path)
     return sig
 
 
@@ -89,7 +99,7 @@ def is_unchanged(known: str | None, signature: str, max_pixels: int,
     return known == signature
 
 
-def items_to_ingest(catalog: Catalog, source: str, root: Path, items: Sequence[SourceItem],
+def items_to_ingest(catalog: Catalog, source: str, root: SourceRoot, items: Sequence[SourceItem],
                     max_pixels: int) -> list[SourceItem]:
     """The items not ingested or quarantined before with the same bytes (and, for one
     quarantined for the pixel limit, under the same limit)."""
@@ -180,22 +190,21 @@ def encode_png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _quarantine(result: BatchResult, qstore: ObjectStore, rel: str, reason: str, sig: str,
+def _quarantine(result: BatchResult, qstore: Store, rel: str, reason: str, sig: str,
                 data: bytes | None) -> None:
     obj = qstore.put(data, Path(rel).suffix.lower() or ".bin") if data else None
     result.quarantined.append(QuarantineRow(rel_path=rel, reason=reason, signature=sig,
                                             object_path=obj))
 
 
-def _ingest_mask(root: Path, item: SourceItem, image_id: str, size: tuple[int, int],
-                 store: ObjectStore, qstore: ObjectStore, max_pixels: int,
+def _ingest_mask(root: SourceRoot, item: SourceItem, image_id: str, size: tuple[int, int],
+                 store: Store, qstore: Store, max_pixels: int,
                  result: BatchResult) -> None:
     """Store the mask beside an image; the caller calls this only for items that have one."""
     if not (item.mask_path and item.mask_kind):
         raise ValueError(f"{item.rel_path} has no mask to ingest")  # a caller's bug, not input
-    path = root / item.mask_path
-    sig = file_signature(path)
-    data = path.read_bytes()
+    sig = file_signature(root, item.mask_path)
+    data = read_file(root, item.mask_path)
     try:
         opened = open_checked(data, max_pixels)
         if (opened.width, opened.height) != size:
@@ -223,11 +232,10 @@ def _ingest_mask(root: Path, item: SourceItem, image_id: str, size: tuple[int, i
         blur_degree=degree))
 
 
-def ingest_item(root: Path, item: SourceItem, store: ObjectStore, qstore: ObjectStore,
+def ingest_item(root: SourceRoot, item: SourceItem, store: Store, qstore: Store,
                 max_pixels: int, result: BatchResult) -> None:
-    path = root / item.rel_path
     sig = item_signature(root, item)
-    data = path.read_bytes()
+    data = read_file(root, item.rel_path)
     try:
         opened = open_checked(data, max_pixels)
         mode = opened.image.mode  # as the file holds it (hashing drafts a reduced decode)
@@ -257,16 +265,26 @@ def ingest_item(root: Path, item: SourceItem, store: ObjectStore, qstore: Object
                      max_pixels, result)
 
 
-def ingest_batch(root: Path, items: Sequence[SourceItem], objects_root: Path,
-                 quarantine_root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> BatchResult:
-    """Ingest a batch of files of one source. Bad files are quarantined, never raised."""
-    store, qstore = ObjectStore(Path(objects_root)), ObjectStore(Path(quarantine_root))
+def _store(where: Store | str | os.PathLike) -> Store:
+    return where if isinstance(where, ObjectStore | RemoteObjectStore) else ObjectStore(Path(where))
+
+
+def _root(root: SourceRoot | str | os.PathLike) -> SourceRoot:
+    return root if isinstance(root, RemoteSource) else Path(root)
+
+
+def ingest_batch(root: SourceRoot, items: Sequence[SourceItem], objects: Store | Path,
+                 quarantine: Store | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> BatchResult:
+    """Ingest a batch of files of one source (a folder or a :class:`RemoteSource`) into the
+    ``objects`` store (a store, or a local store's folder). Bad files are quarantined, never
+    raised."""
+    store, qstore = _store(objects), _store(quarantine)
     # Pillow refuses images over twice this limit before we can: keep its guard above ours.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     result = BatchResult()
     for item in items:
         try:
-            ingest_item(Path(root), item, store, qstore, max_pixels, result)
+            ingest_item(_root(root), item, store, qstore, max_pixels, result)
         except FileNotFoundError as e:
             result.quarantined.append(QuarantineRow(
                 rel_path=item.rel_path, reason=f"file vanished during ingest: {e}",
@@ -274,13 +292,13 @@ def ingest_batch(root: Path, items: Sequence[SourceItem], objects_root: Path,
     return result
 
 
-def quarantine_orphans(root: Path, orphans: Sequence[OrphanMask], quarantine_root: Path) -> BatchResult:
+def quarantine_orphans(root: SourceRoot, orphans: Sequence[OrphanMask],
+                       quarantine: Store | Path) -> BatchResult:
     """Masks with no image of their stem: kept in quarantine with a reason, never ingested."""
-    qstore = ObjectStore(Path(quarantine_root))
+    qstore, root = _store(quarantine), _root(root)
     result = BatchResult()
     for o in orphans:
-        p = Path(root) / o.rel_path
         _quarantine(result, qstore, o.rel_path,
-                    f"{o.kind} mask without an image of the same name", file_signature(p),
-                    p.read_bytes())
+                    f"{o.kind} mask without an image of the same name",
+                    file_signature(root, o.rel_path), read_file(root, o.rel_path))
     return result
