@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from blurset.errors import NotFoundError
 from blurset.fileio import (
     atomic_write,
     fsync_dir,
@@ -152,12 +153,14 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
     plan = plan_splits([(c.image_id, c.blur_type, c.source_path) for c in sel.rows],
                        spec.ratios, spec.split_file, inherited)
     timings["select"] = time.perf_counter() - t0
-    sizes = object_sizes(ws, sel.rows)
+    files = _with_local_objects(ws, sel.rows)
+    timings["fetch"] = time.perf_counter() - t0 - timings["select"]
+    sizes = object_sizes(files, sel.rows)
 
     with _staged(final) as tmp:
         t1 = time.perf_counter()
         (tmp / DATA_DIR).mkdir()
-        written = write_shards(tmp, sel.rows, plan.assigned, plan.names, ws, sizes,
+        written = write_shards(tmp, sel.rows, plan.assigned, plan.names, files, sizes,
                                spec.shard_bytes, spec.row_group_rows, progress)
         fsync_dir(tmp / DATA_DIR)
         timings["shards"] = time.perf_counter() - t1
@@ -178,6 +181,17 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
     return ReleaseInfo(name, version, final, parent, len(sel.rows),
                        {s: n for s, n in by_split.items() if n}, written.shards,
                        manifest["counts"]["dropped"], manifest_sha, timings)
+
+
+def _with_local_objects(ws: Workspace, rows) -> Workspace:
+    """``ws`` with the rows' image and mask objects as local files (the shard writer reads files):
+    itself when its store is local, else with a local cache of a remote store (fetched once,
+    kept in ``cache/objects``: objects are named by content, so a cached one is never stale)."""
+    try:
+        return ws.with_local_objects(p for c in rows for p in (c.object_path, c.mask_object))
+    except NotFoundError as e:
+        raise ReleaseError(f"{e}; re-ingest the source it came from (into this object store) to "
+                           "restore it") from None
 
 
 @contextmanager

@@ -20,11 +20,19 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from blurset.errors import BlursetError
-from blurset.pipeline.catalog import Catalog, ImageRow, MaskRow, PathRow, QuarantineRow
+from blurset.pipeline.catalog import (
+    Catalog,
+    ImageRow,
+    MaskRow,
+    PathRow,
+    QuarantineRow,
+    SourceConflictError,
+)
 from blurset.pipeline.stages.hashing import hash_opened
 from blurset.pipeline.stages.sources import (
     OrphanMask,
     RemoteSource,
+    Scan,
     SourceItem,
     SourceRoot,
     file_signature,
@@ -109,6 +117,46 @@ def items_to_ingest(catalog: Catalog, source: str, root: SourceRoot, items: Sequ
     return [it for it in items
             if not is_unchanged(known.get(it.rel_path), item_signature(root, it), max_pixels,
                                 it.rel_path in limited)]
+
+
+REBIND_SAMPLE = 8  # files read (and hashed) to tell that another root holds the same source
+
+
+class SourceRootMismatch(SourceConflictError):
+    """A source is ingested from another root whose files differ from the ones recorded."""
+
+
+def bind_source(catalog: Catalog, name: str, kind: str, root: SourceRoot, scan: Scan) -> str | None:
+    """Register source ``name`` at ``root``, or accept ``root`` when the source was recorded at
+    another root (a teammate's mount of the same files, or their copy on S3) that holds the
+    same files: every recorded image path is there, with the recorded size, and a sample of
+    :data:`REBIND_SAMPLE` of them has the recorded content. The catalog keeps the first root;
+    returns it when it differs from ``root`` (else None). A different kind, or different files,
+    is refused (:class:`SourceConflictError`, :class:`SourceRootMismatch`): nothing is written."""
+    row = catalog.source(name)
+    if row is None or row["root"] == str(root) or row["kind"] != kind:
+        catalog.register_source(name, kind, str(root))  # new, the same, or the kind refused
+        return None
+    recorded = catalog.paths_of(name)
+    here = {i.rel_path for i in scan.items}
+    absent = [r["rel_path"] for r in recorded if r["rel_path"] not in here]
+    refuse = (f"source {name!r} was ingested from {row['root']}; {root} does not hold the same "
+              "files ({}). Use another --name for another set of files")
+    if absent:
+        raise SourceRootMismatch(refuse.format(
+            f"{len(absent)} of its {len(recorded)} images are not there, e.g. {absent[0]}"))
+    for r in recorded:
+        size, now = r["signature"].split(":", 1)[0], file_signature(root, r["rel_path"])
+        if size != now.split(":", 1)[0]:
+            raise SourceRootMismatch(refuse.format(
+                f"{r['rel_path']} is {now.split(':', 1)[0]} bytes there, {size} recorded"))
+    step = max(1, len(recorded) // REBIND_SAMPLE)
+    for r in recorded[::step][:REBIND_SAMPLE]:
+        if sha256_hex(read_file(root, r["rel_path"])) != r["image_id"]:
+            raise SourceRootMismatch(refuse.format(
+                f"{r['rel_path']} has other content there than the image recorded"))
+    catalog.register_source(name, kind, row["root"])  # the recorded root, touched
+    return row["root"]
 
 
 @dataclass(frozen=True)
