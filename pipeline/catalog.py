@@ -8,6 +8,7 @@ exact duplicate under two names is stored once and both paths are kept. Writes g
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,13 +33,16 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
-from blurset.errors import BlursetError, ConflictError
+from blurset.errors import BlursetError, ConflictError, InputError, ServiceError
 
 metadata = MetaData()
 
@@ -212,6 +216,18 @@ class CatalogUnusableError(BlursetError):
     """The catalog database cannot be opened or read (a damaged file, a full disk)."""
 
 
+class CatalogUrlError(InputError):
+    """The catalog URL is not one SQLAlchemy can use."""
+
+
+class CatalogDriverMissingError(BlursetError, ImportError):
+    """The database driver the catalog URL needs is not installed (psycopg for PostgreSQL)."""
+
+
+class CatalogUnreachableError(ServiceError, ConnectionError):
+    """The catalog's database server cannot be reached or refuses the login."""
+
+
 class SourceConflictError(ConflictError, ValueError):
     """A source name is reused for another folder or kind."""
 
@@ -335,36 +351,137 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+POSTGRES_DRIVER = "postgresql+psycopg"  # psycopg 3: the ``postgres`` extra
+CONNECT_TIMEOUT = 10  # seconds to reach a database server (a URL's own connect_timeout wins)
+SCHEMA_LOCK = 0x626C7572736574  # "blurset": the advisory lock held while the schema is created
+
+
+def engine_url(url: str) -> URL:
+    """The SQLAlchemy URL of a catalog URL. ``postgresql://`` and ``postgres://`` (as psql, libpq
+    and hosting services write them) use psycopg 3, the driver of ``blurset[postgres]``; a URL
+    naming its driver (``postgresql+psycopg2://``) and any other URL are used as given."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CatalogUrlError(
+            f"the catalog URL {_hide_password(url)!r} is not a database URL; write e.g. "
+            "postgresql://user@host:5432/db or sqlite:////abs/path/catalog.sqlite") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    return parsed
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _unreachable(url: URL, shown: str, error: BaseException) -> str:
+    """What went wrong reaching the catalog's server, on one line, with the fix."""
+    host, port = url.host or "localhost", url.port or 5432
+    detail = _one_line(error)
+    # libpq's "connection failed: connection to server at "h" (ip), port p failed: FATAL: …"
+    detail = re.sub(r'^(connection failed: |connection is bad: )?(connection to server (at|on) '
+                    r'"[^"]*"( \([^)]*\))?,( port \d+)? failed: )?', "", detail)
+    detail = re.sub(r" Is the server running .*$", "", detail.replace("FATAL: ", "")).strip()
+    low = detail.lower()
+    if "password" in low:
+        fix = (f"check the user ({url.username}) and the password in the catalog URL, or set "
+               "$PGPASSWORD or ~/.pgpass")
+    elif "database" in low and "does not exist" in low:
+        fix = (f"create it (createdb -h {host} -p {port} -U {url.username} {url.database}) or "
+               "name another in the catalog URL")
+    elif "resolve" in low or "translate host name" in low:
+        fix = "check the host name in --catalog-url (or $BLURSET_CATALOG_URL)"
+    else:
+        fix = ("is the server running there and accepting connections? Check --catalog-url "
+               "(or $BLURSET_CATALOG_URL)")
+    return f"cannot reach the catalog database at {host}:{port} ({shown}): {detail}; {fix}"
+
+
 class Catalog:
     """Typed access to the catalog tables."""
 
     def __init__(self, url: str):
         self.url = url
-        self.engine: Engine = create_engine(url)
+        target = engine_url(url)
+        shown = target.set(drivername=make_url(url).drivername).render_as_string(
+            hide_password=True)
+        options: dict[str, Any] = {}
+        if target.get_backend_name() == "postgresql" and "connect_timeout" not in target.query:
+            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        try:
+            self.engine: Engine = create_engine(target, **options)
+        except ImportError as e:  # the dialect imports its driver here
+            if target.get_backend_name() == "postgresql":
+                fix = "pip install 'blurset[postgres]'"
+            else:
+                fix = (f"install the package that provides {e.name or 'it (see -v)'}; "
+                       "blurset is tested with SQLite and PostgreSQL")
+            raise CatalogDriverMissingError(
+                f"the catalog {shown} needs the database driver {e.name or target.drivername}, "
+                f"which is not installed: {fix}") from e
+        except ArgumentError as e:  # an unknown database or driver name
+            raise CatalogUrlError(f"the catalog URL {shown} cannot be used: {_one_line(e)}; "
+                                  "blurset is tested with sqlite:/// and postgresql://") from None
         if self.engine.dialect.name == "sqlite":
             db = self.engine.url.database
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            try:
+                with self.engine.connect():
+                    pass
+            except OperationalError as e:
+                self.engine.dispose()
+                raise CatalogUnreachableError(_unreachable(target, shown, e.orig or e)) from e
         try:
             self._create_tables()
         except DatabaseError as e:
             self.engine.dispose()
+            cause = getattr(e, "orig", None) or e
+            if self.engine.dialect.name != "sqlite":
+                hint = ""
+                if "permission denied" in str(cause):
+                    user = self.engine.url.username
+                    hint = (f". The user {user} must be allowed to create tables: make it the "
+                            f"database's owner (ALTER DATABASE {self.engine.url.database} OWNER "
+                            f"TO {user}) or GRANT CREATE ON SCHEMA public TO {user}")
+                raise CatalogUnusableError(f"the catalog {shown} cannot be used: "
+                                           f"{_one_line(cause)}{hint}") from e
             where = self.engine.url.render_as_string(hide_password=True)
             raise CatalogUnusableError(
                 f"the catalog {self.engine.url.database or where} cannot be opened: "
-                f"{getattr(e, 'orig', None) or e}. If the disk is full, free space; if the file "
+                f"{cause}. If the disk is full, free space; if the file "
                 "is damaged, restore it from a backup or move it away and ingest again (the "
                 "objects/ folder is kept)") from None
 
     def _create_tables(self, attempts: int = 5) -> None:
-        """Create what is missing. Two processes opening a new catalog at once can both see a
-        table missing and both create it: the loser's "already exists" means the winner did the
-        work, so look again (``create_all`` skips what exists)."""
+        """Create what is missing.
+
+        PostgreSQL: in one transaction that first takes an advisory lock, so commands started at
+        once on an empty database queue up and the first creates the schema (creating a table
+        at the same moment as another session otherwise fails in PostgreSQL's own catalog,
+        ``pg_type_typname_nsp_index``); its DDL commits or rolls back as a whole.
+
+        SQLite: two processes opening a new catalog at once can both see a table missing and
+        both create it: the loser's "already exists" means the winner did the work, so look
+        again (``create_all`` skips what exists)."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as c:
+                c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+                metadata.create_all(c)
+                self._add_missing_columns(c)
+            return
         for attempt in range(attempts):
             try:
                 metadata.create_all(self.engine)
-                self._add_missing_columns()
+                with self.engine.begin() as c:
+                    self._add_missing_columns(c)
                 return
             except DatabaseError as e:
                 lost_race = "already exists" in str(e) or "duplicate column" in str(e)
@@ -372,7 +489,7 @@ class Catalog:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
-    def _add_missing_columns(self) -> None:
+    def _add_missing_columns(self, c: Connection) -> None:
         """Add the nullable columns a newer blurset declares to a catalog made by an older one.
 
         ``create_all`` creates missing tables only; an existing table keeps its columns, so a
@@ -380,19 +497,17 @@ class Catalog:
         ``ALTER TABLE … ADD COLUMN`` (SQLite and PostgreSQL alike). Only nullable columns are
         ever added this way; anything else needs a real migration.
         """
-        from sqlalchemy import inspect, text
-        insp = inspect(self.engine)
-        with self.engine.begin() as c:
-            for table in metadata.sorted_tables:
-                have = {col["name"] for col in insp.get_columns(table.name)}
-                for col in table.columns:
-                    if col.name in have:
-                        continue
-                    if not col.nullable:
-                        raise RuntimeError(f"catalog table {table.name} lacks the required column "
-                                           f"{col.name}; it needs a migration")
-                    kind = col.type.compile(dialect=self.engine.dialect)
-                    c.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+        insp = inspect(c)
+        for table in metadata.sorted_tables:
+            have = {col["name"] for col in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                if not col.nullable:
+                    raise RuntimeError(f"catalog table {table.name} lacks the required column "
+                                       f"{col.name}; it needs a migration")
+                kind = col.type.compile(dialect=self.engine.dialect)
+                c.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
 
     def close(self) -> None:
         self.engine.dispose()
