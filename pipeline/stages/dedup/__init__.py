@@ -8,7 +8,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -59,6 +60,7 @@ def find_duplicates(
     progress: Callable[[int, int], None] | None = None,
     bars: verify.Bars = verify.BARS,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> list[Match]:
     """Every candidate against every reference and every other candidate.
 
@@ -67,7 +69,9 @@ def find_duplicates(
     the earlier candidate. Sorted by candidate then reference in input order; deterministic.
     ``progress(done, total)`` is called as images are searched and pairs verified.
     ``workers`` processes verify the pairs (default: one per core the process may use, and
-    one per 4,000 pairs at most: the verdicts are the same whatever the number).
+    one per 4,000 pairs at most: the verdicts are the same whatever the number). An
+    ``executor`` (``concurrent.futures``, e.g. a Dask cluster's ``client.get_executor()``)
+    verifies them instead, in chunks that each carry the thumbs they need: the same verdicts.
     """
     threshold = search.DEFAULT_THRESHOLD if threshold is None else int(threshold)
     if not 0 <= threshold <= 32:
@@ -96,7 +100,9 @@ def find_duplicates(
             progress(n + done, n + len(jobs))
 
     workers = _workers(workers, len(jobs))
-    if workers == 1:
+    if executor is not None:
+        verdicts = _verify_with(executor, thumbs, chromas, jobs, bars, verified)
+    elif workers == 1:
         verdicts = _verify_jobs(thumbs, chromas, jobs, bars, verified)
     else:
         verdicts = _verify_in_processes(thumbs, chromas, jobs, bars, workers, verified)
@@ -177,4 +183,41 @@ def _verify_in_processes(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None
             out.extend(result)
             if progress is not None:
                 progress(len(out))
+    return out
+
+
+def _packed_chunk(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
+                  jobs: Sequence[tuple[int, int, list]]
+                  ) -> tuple[np.ndarray, list, list[tuple[int, int, list]]]:
+    """A chunk that travels alone: the thumbs and chroma grids its pairs use, and its jobs with
+    the images renumbered into them."""
+    used = sorted({i for earlier, later, inits in jobs
+                   for i in (earlier, later, *(h.target for h in inits),
+                             *(h.query for h in inits))})
+    local = {i: k for k, i in enumerate(used)}
+    renumbered = [(local[earlier], local[later],
+                   [replace(h, target=local[h.target], query=local[h.query]) for h in inits])
+                  for earlier, later, inits in jobs]
+    return thumbs[used], [chromas[i] for i in used], renumbered
+
+
+def _verify_packed(chunk: tuple[np.ndarray, list, list[tuple[int, int, list]]],
+                   bars: verify.Bars) -> list[tuple[int, verify.Verdict]]:
+    cv2.setNumThreads(1)
+    thumbs, chromas, jobs = chunk
+    return _verify_jobs(thumbs, chromas, jobs, bars)
+
+
+def _verify_with(executor: Executor, thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
+                 jobs: Sequence[tuple[int, int, list]], bars: verify.Bars,
+                 progress: Callable[[int], None] | None) -> list[tuple[int, verify.Verdict]]:
+    """The same verdicts as :func:`_verify_jobs`, chunk by chunk through ``executor.map`` (in
+    the pair order)."""
+    chunks = [_packed_chunk(thumbs, chromas, jobs[i:i + _CHUNK])
+              for i in range(0, len(jobs), _CHUNK)]
+    out: list[tuple[int, verify.Verdict]] = []
+    for result in executor.map(_verify_packed, chunks, [bars] * len(chunks)):
+        out.extend(result)
+        if progress is not None:
+            progress(len(out))
     return out

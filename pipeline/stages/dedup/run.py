@@ -15,6 +15,7 @@ import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def _order_sources(catalog: Catalog) -> list[str]:
 
 
 def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> DedupOutcome:
-    """Find every candidate path that duplicates the reference source or another candidate."""
+              progress: Callable[[int, int], None] | None = None, *,
+              executor: Executor | None = None) -> DedupOutcome:
+    """Find every candidate path that duplicates the reference source or another candidate;
+    ``executor`` (e.g. a Dask cluster's) verifies the pairs instead of local processes."""
     order = _order_sources(catalog)
     if reference not in order:
         raise UnknownSourceError(
@@ -109,7 +112,7 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
     matches: list[Match] = find_duplicates(
         [HashRecord(i, hashes_by_id[i]) for i in ref_ids],
         [HashRecord(i, hashes_by_id[i]) for i in cand_ids],
-        threshold=threshold, progress=progress)
+        threshold=threshold, progress=progress, executor=executor)
     # A person's decision overrides the verifier, and adds a pair the search did not find.
     decided = catalog.decisions()
     position = {image_id: i for i, image_id in enumerate([*ref_ids, *cand_ids])}
