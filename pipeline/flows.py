@@ -8,6 +8,7 @@ and a re-run continues. The stages they call know nothing of Prefect.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +29,15 @@ from blurset.pipeline.stages.dedup import run as dedup_stage
 from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
     BatchResult,
+    Store,
     ingest_batch,
     items_to_ingest,
     quarantine_orphans,
     storage_full,
 )
 from blurset.pipeline.stages.prelabel import Prelabeller, make_prelabeller
-from blurset.pipeline.stages.sources import SourceItem, scan_source
+from blurset.pipeline.stages.sources import SourceItem, SourceRoot, open_source, scan_source
+from blurset.pipeline.store import ObjectStore
 from blurset.pipeline.workspace import Workspace
 
 if TYPE_CHECKING:  # Label Studio's SDK takes seconds to import: only the annotate flows need it
@@ -108,29 +111,32 @@ def _batches(items: list, size: int) -> list[list]:
 
 
 @task(name="ingest-batch", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def ingest_batch_task(root: Path, items: list[SourceItem], objects_root: Path,
-                      quarantine_root: Path, max_pixels: int) -> BatchResult:
+def ingest_batch_task(root: SourceRoot, items: list[SourceItem], objects: Store,
+                      quarantine: Store, max_pixels: int) -> BatchResult:
     try:
-        return ingest_batch(root, items, objects_root, quarantine_root, max_pixels)
+        return ingest_batch(root, items, objects, quarantine, max_pixels)
     except OSError as e:
-        if (full := storage_full(e, Path(objects_root).parent)) is not None:
+        where = objects.root.parent if isinstance(objects, ObjectStore) else objects.url
+        if (full := storage_full(e, where)) is not None:
             raise full from e
         raise
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size: int = 64,
+def ingest_flow(workspace: Path, kind: str, name: str, path: str | Path, *, batch_size: int = 64,
                 max_pixels: int = DEFAULT_MAX_PIXELS, catalog_url: str | None = None,
-                show_progress: bool = True) -> IngestSummary:
-    """Ingest the folder at ``path`` (layout ``kind``) as source ``name``."""
+                objects_url: str | None = None, show_progress: bool = True) -> IngestSummary:
+    """Ingest the folder (or fsspec URL) at ``path`` (layout ``kind``) as source ``name``."""
     logger = get_run_logger()
     validate_name(name, "source name")
-    ws = Workspace.open(workspace, catalog_url)
-    root = Path(path).resolve()
+    ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
+    root = open_source(path)
     # LayoutError before anything is written; the workspace is never its own source
     scan = scan_source(kind, root, exclude=[ws.root])
-    for store in (ws.objects.root, ws.quarantine_store.root):  # a killed run's partial files
-        remove_stale_temps(store, depth=1)
+    objects, quarantine = ws.objects, ws.quarantine_store
+    for store in (objects, quarantine):  # a killed run's partial files
+        if isinstance(store, ObjectStore):
+            remove_stale_temps(store.root, depth=1)
     catalog = ws.catalog()
     try:
         catalog.register_source(name, kind, str(root))  # SourceConflictError: nothing written
@@ -143,11 +149,10 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
         logger.info("%s: %d images found, %d new or changed, %d already ingested",
                     name, len(scan.items), len(todo), len(scan.items) - len(todo))
         if orphans:
-            res = quarantine_orphans(root, orphans, ws.quarantine_store.root)
+            res = quarantine_orphans(root, orphans, quarantine)
             catalog.record_batch(name, res.images, res.paths, res.masks, res.quarantined)
         batches = _batches(todo, batch_size)
-        futures = [ingest_batch_task.submit(root, batch, ws.objects.root,
-                                            ws.quarantine_store.root, max_pixels)
+        futures = [ingest_batch_task.submit(root, batch, objects, quarantine, max_pixels)
                    for batch in batches]
         new_paths = new_bad = 0
         failed: list[BaseException] = []
@@ -190,6 +195,24 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: Path, *, batch_size
     return summary
 
 
+def _task_runner():
+    """The task runner of the flow run in progress (None outside one)."""
+    from prefect.context import FlowRunContext
+    ctx = FlowRunContext.get()
+    return ctx.task_runner if ctx is not None else None
+
+
+def _dask_executor() -> Executor | None:
+    """A ``concurrent.futures`` executor on the Dask cluster of the flow's task runner, if it
+    is a ``prefect_dask.DaskTaskRunner``; else None."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        return None
+    runner = _task_runner()
+    return runner.client.get_executor() if isinstance(runner, DaskTaskRunner) else None
+
+
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
                show_progress: bool) -> dedup_stage.DedupOutcome:
@@ -202,7 +225,8 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
         steps.update(done - steps.bar.n)
 
     try:
-        return dedup_stage.run_dedup(catalog, reference, threshold, progress)
+        return dedup_stage.run_dedup(catalog, reference, threshold, progress,
+                                     executor=_dask_executor())
     finally:
         steps.close()
         catalog.close()
@@ -210,9 +234,11 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
 
 @flow(name="dedup")
 def dedup_flow(workspace: Path, reference: str, *, threshold: int | None = None,
-               catalog_url: str | None = None, show_progress: bool = True) -> DedupSummary:
-    """Check every candidate against the reference source and the other candidates."""
-    ws = Workspace.open(workspace, catalog_url)
+               catalog_url: str | None = None, objects_url: str | None = None,
+               show_progress: bool = True) -> DedupSummary:
+    """Check every candidate against the reference source and the other candidates; on a Dask
+    task runner, the pairs are verified on its cluster."""
+    ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
     outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress)
     catalog = ws.catalog()
     try:
@@ -271,15 +297,15 @@ def push_task(ws: Workspace, project: str, sources: list[str] | None, limit: int
 def push_flow(workspace: Path, project: str, *, sources: list[str] | None = None,
               limit: int | None = None, batch_size: int = 100, prelabel: str | None = None,
               rank: bool = False, min_blur: float = 0.02, max_blur: float = 0.98,
-              catalog_url: str | None = None, show_progress: bool = True,
-              overlap: float | None = None) -> PushReport:
+              catalog_url: str | None = None, objects_url: str | None = None,
+              show_progress: bool = True, overlap: float | None = None) -> PushReport:
     """Import a task (with a pre-label where a mask is known, or from ``prelabel``) for every
     image not yet pushed; ``rank``: most informative first, hopeless ones left out;
     ``overlap``: the share of tasks two people label.
 
     The retries are safe: a push reconciles with the project's tasks before importing.
     """
-    ws = Workspace.open(workspace, catalog_url)
+    ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
     report = push_task(ws, project, sources, limit, batch_size, prelabel, rank, min_blur,
                        max_blur, show_progress, overlap)
     create_table_artifact(key=f"push-{slug(project)}", table=[
@@ -303,10 +329,10 @@ def pull_task(ws: Workspace, project: str, export_dir: Path | None) -> PullRepor
 
 @flow(name="annotate-pull")
 def pull_flow(workspace: Path, project: str, *, export_dir: Path | None = None,
-              catalog_url: str | None = None) -> PullReport:
+              catalog_url: str | None = None, objects_url: str | None = None) -> PullReport:
     """Export every annotation, keep the snapshot, store the masks and link them in the catalog;
     with ``export_dir``, also write every current mask there."""
-    ws = Workspace.open(workspace, catalog_url)
+    ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
     report = pull_task(ws, project, Path(export_dir) if export_dir else None)
     create_table_artifact(key=f"pull-{slug(project)}", table=[
         {k: (len(v) if isinstance(v, list) else v) for k, v in asdict(report).items()}],
@@ -326,8 +352,8 @@ def prelabel_batch_task(client: Client, ws: Workspace, labeller: Prelabeller, pr
 
 @flow(name="annotate-prelabel")
 def prelabel_flow(workspace: Path, project: str, checkpoint: str, *, batch_size: int = 32,
-                  catalog_url: str | None = None, show_progress: bool = True
-                  ) -> PrelabelReport:
+                  catalog_url: str | None = None, objects_url: str | None = None,
+                  show_progress: bool = True) -> PrelabelReport:
     """Add a prediction of a (newer) model to every task nobody has annotated yet.
 
     The model is loaded once, here; each batch is one Prefect task, retried on I/O only.
@@ -335,7 +361,7 @@ def prelabel_flow(workspace: Path, project: str, checkpoint: str, *, batch_size:
     from blurset.annotation.client import connect
     from blurset.pipeline.stages.labelling import plan_prelabels
     labeller = make_prelabeller(checkpoint)  # a bad checkpoint stops here, nothing asked yet
-    ws = Workspace.open(workspace, catalog_url)
+    ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
     catalog, client = ws.catalog(), connect()
     try:
         report, todo = plan_prelabels(catalog, client, project, labeller.model_version)
@@ -370,13 +396,16 @@ def release_task(ws: Workspace, spec: ReleaseSpec, show_progress: bool) -> Relea
 
 @flow(name="release-build")
 def release_flow(workspace: Path, spec: ReleaseSpec, *, catalog_url: str | None = None,
-                 show_progress: bool = True) -> ReleaseInfo:
+                 objects_url: str | None = None, show_progress: bool = True) -> ReleaseInfo:
     """Build ``releases/NAME/VERSION`` (written aside, renamed into place when complete).
 
-    No retries: a failed build leaves nothing behind, and the user re-runs it after a fix.
+    The build is one task of the flow's task runner (on a Dask runner: on a worker of its
+    cluster, which must see the workspace and the releases folder). No retries: a failed build
+    leaves nothing behind, and the user re-runs it after a fix.
     """
-    ws = Workspace.open(workspace, catalog_url)
-    info = release_task(ws, spec, show_progress)
+    ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
+    remote = not isinstance(_task_runner(), ThreadPoolTaskRunner)
+    info = release_task.submit(ws, spec, show_progress and not remote).result()
     create_table_artifact(key=f"release-{slug(spec.name)}", table=[
         {"name": info.name, "version": info.version, "rows": info.rows, "parent": info.parent,
          "path": str(info.path), **{f"split_{k}": v for k, v in info.splits.items()},
