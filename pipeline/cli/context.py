@@ -5,32 +5,85 @@ The verb modules import this module, never ``main`` (which imports them).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlsplit
 
 import click
 
 from blurset.errors import BlursetError
 from blurset.pipeline.workspace import Workspace
 
+# Defaults for a one-machine CLI; a setting the user made (environment or active profile) wins.
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_UI_ENABLED": "false",
+}
+
+
+class PrefectProfileError(BlursetError):
+    """The user's Prefect profiles file cannot be read."""
+
+
+def user_prefect_profile(environ: Mapping[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+    """The user's profiles file and the settings of its active profile, as Prefect finds them:
+    ``$PREFECT_PROFILES_PATH``, else ``$PREFECT_HOME/profiles.toml``, else
+    ``~/.prefect/profiles.toml``; the profile named by ``$PREFECT_PROFILE``, else the file's
+    ``active`` one. No file (or no such profile): no settings."""
+    env = os.environ if environ is None else environ
+    if env.get("PREFECT_PROFILES_PATH"):
+        path = Path(env["PREFECT_PROFILES_PATH"]).expanduser()
+    elif env.get("PREFECT_HOME"):
+        path = Path(env["PREFECT_HOME"]).expanduser() / "profiles.toml"
+    else:
+        path = Path(env.get("HOME") or Path.home()).expanduser() / ".prefect" / "profiles.toml"
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return path, {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise PrefectProfileError(f"cannot read Prefect's profiles file {path}: {e}; fix it or "
+                                  "point $PREFECT_PROFILES_PATH elsewhere") from None
+    name = env.get("PREFECT_PROFILE") or doc.get("active")
+    settings = doc.get("profiles", {}).get(name, {}) if name else {}
+    return path, {str(k): str(v) for k, v in settings.items()}
+
 
 def prefect_env(ws_root: Path, verbose: bool = False) -> None:
-    """Prefect settings that fit a one-machine CLI, unless the user set them already.
+    """Prefect as the user configured it, with one-machine defaults for what they left unset.
 
-    Must run before Prefect is imported: its settings are read then.
+    ``PREFECT_HOME``, ``PREFECT_API_URL`` and every other setting in the environment or in the
+    user's active profile are kept (so runs reach the team's server). Only when neither names a
+    home nor a server does Prefect's home (its local database) go to ``WORKSPACE/.prefect``; the
+    user's profiles file is still the one read. Must run before Prefect is imported: its
+    settings are read then.
     """
-    os.environ.setdefault("PREFECT_HOME", str(ws_root / ".prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    env = os.environ
+    profiles, profile = user_prefect_profile(env)
+    configured = {*env, *profile}
+    if not configured & {"PREFECT_HOME", "PREFECT_API_URL"}:
+        if profiles.is_file():
+            env.setdefault("PREFECT_PROFILES_PATH", str(profiles))
+        env["PREFECT_HOME"] = str(ws_root / ".prefect")
+    defaults = {**_PREFECT_DEFAULTS, "PREFECT_LOGGING_LEVEL": "INFO" if verbose else "WARNING"}
+    for key, value in defaults.items():
+        if key not in configured:
+            env[key] = value
 
 
 def migrate_prefect_once() -> None:
@@ -70,6 +123,24 @@ async def _create_prefect_db() -> None:
         await run_block_auto_registration(session=session)
 
 
+_KEPT = contextlib.ExitStack()  # settings entered for the rest of the command
+
+
+def api_for_dask_workers() -> None:
+    """Without a configured Prefect server, start this command's temporary one now and name it
+    in the settings the flow sends to its Dask workers: each worker would otherwise start a
+    temporary server of its own (with its own database). The server listens on 127.0.0.1, so
+    workers on other machines need a real server (``PREFECT_API_URL``)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    if get_current_settings().api.url:
+        return
+    server = SubprocessASGIServer()
+    server.start()
+    # for the rest of this command (it ends with the process, as the server does)
+    _KEPT.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
+
+
 class _PopenDyingWithParent:
     """``subprocess`` as Prefect's server module sees it: its ``Popen`` asks Linux to send the
     child SIGTERM when the thread that started it (here: the main thread, so the CLI process)
@@ -100,6 +171,58 @@ def server_dies_with_cli() -> None:
         prefect_server.subprocess = _PopenDyingWithParent()
 
 
+class DaskError(BlursetError):
+    """``--dask-address`` cannot be used: prefect-dask is missing or the scheduler is
+    unreachable."""
+
+
+def dask_task_runner(address: str, timeout: float = 5.0):
+    """A ``prefect_dask.DaskTaskRunner`` on the scheduler at ``address``
+    (``tcp://HOST:PORT``), after checking that it answers: one :class:`DaskError` line
+    otherwise."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as e:
+        raise DaskError(f"--dask-address needs prefect-dask and dask.distributed ({e}); "
+                        "install them with: pip install 'blurset[dask]'") from None
+    parsed = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host = port = None
+    if parsed.scheme not in ("tcp", "tls") or not host or not port:
+        raise DaskError(f"--dask-address {address!r} is not a scheduler address: give "
+                        "tcp://HOST:PORT (what `dask scheduler` prints)")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise DaskError(f"cannot reach the Dask scheduler at {address} ({e}); start one with "
+                        "`dask scheduler` (and `dask worker ADDRESS`), or fix --dask-address / "
+                        "$BLURSET_DASK_ADDRESS") from None
+    return DaskTaskRunner(address=f"{parsed.scheme}://{host}:{port}")
+
+
+class _ConfiguredFlows:
+    """``blurset.pipeline.flows`` as this command was configured: each flow on the Dask
+    cluster when ``--dask-address`` is given, and given ``--objects-url`` when it takes one
+    (an explicit keyword still wins)."""
+
+    def __init__(self, module: ModuleType, task_runner=None, objects_url: str | None = None):
+        self._module, self._runner, self._objects_url = module, task_runner, objects_url
+
+    def __getattr__(self, name: str):
+        from prefect import Flow
+        value = getattr(self._module, name)
+        if not isinstance(value, Flow):
+            return value
+        if self._runner is not None:
+            value = value.with_options(task_runner=self._runner)
+        if self._objects_url is not None and \
+                "objects_url" in inspect.signature(value.fn).parameters:
+            value = functools.partial(value, objects_url=self._objects_url)
+        return value
+
+
 @dataclass
 class Ctx:
     """The root group's options; the workspace is opened (and created) on first use."""
@@ -107,13 +230,20 @@ class Ctx:
     workspace: str | None = None
     catalog_url: str | None = None
     verbose: bool = False
+    dask_address: str | None = None
+    objects_url: str | None = None
     _ws: Workspace | None = field(default=None, repr=False)
+
+    def _open(self, create: bool) -> Workspace:
+        ws = Workspace.open(self.workspace, self.catalog_url, create=create,
+                            objects_url=self.objects_url)
+        prefect_env(ws.root, self.verbose)
+        return ws
 
     @property
     def ws(self) -> Workspace:
         if self._ws is None:
-            self._ws = Workspace.open(self.workspace, self.catalog_url)
-            prefect_env(self._ws.root, self.verbose)
+            self._ws = self._open(create=True)
         return self._ws
 
     @property
@@ -121,20 +251,22 @@ class Ctx:
         """The workspace, for a verb that only reads: none is created, a missing one is one
         ``Error:`` line (a mistyped --workspace would otherwise report zero counts)."""
         if self._ws is None:
-            self._ws = Workspace.open(self.workspace, self.catalog_url, create=False)
-            prefect_env(self._ws.root, self.verbose)
+            self._ws = self._open(create=False)
         return self._ws
 
     @property
-    def flows(self) -> ModuleType:
+    def flows(self) -> _ConfiguredFlows:
         """``blurset.pipeline.flows``, imported on first use (Prefect takes seconds to import),
-        after Prefect's settings are in place."""
+        after Prefect's settings are in place; its flows configured by the global options."""
         _ = self.ws  # sets Prefect's environment before the import
+        runner = dask_task_runner(self.dask_address) if self.dask_address else None
         from blurset.pipeline import flows
         _EXPECTED_FILTER.install(quiet=not self.verbose)
         migrate_prefect_once()
         server_dies_with_cli()
-        return flows
+        if runner is not None:
+            api_for_dask_workers()
+        return _ConfiguredFlows(flows, runner, self.objects_url)
 
     def releases_root(self, root: str | os.PathLike | None) -> Path:
         """``--releases-root``/``--out``/``--root`` if given, else WORKSPACE/releases."""

@@ -49,6 +49,21 @@ def synth(photos: tuple[Path, ...], masks: Path, out: Path, n: int, seed: int, s
                f"--name NAME")
 
 
+class PathOrURL(click.ParamType):
+    """A URL such as ``s3://bucket/prefix`` (passed on as given), else a folder that must exist
+    (checked, and named in the error, as ``click.Path`` does)."""
+
+    name = "path"
+
+    def __init__(self) -> None:
+        self._folder = click.Path(exists=True, file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "://" in value:
+            return value
+        return self._folder.convert(value, param, ctx)
+
+
 @click.command()
 @click.option("--kind", required=True, type=click.Choice(sorted(ADAPTERS)), help="Folder layout.")
 @click.option("--name", required=True, help="Source name in the catalog, e.g. cuhk or msra10k.")
@@ -57,10 +72,11 @@ def synth(photos: tuple[Path, ...], masks: Path, out: Path, n: int, seed: int, s
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
               type=click.IntRange(min=1),
               help="Images with more pixels are quarantined (decompression bombs).")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=PathOrURL())
 @pass_ctx
-def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int, path: Path) -> None:
-    """Ingest the images of a dataset folder into the workspace."""
+def ingest(c: Ctx, kind: str, name: str, batch_size: int, max_pixels: int,
+           path: Path | str) -> None:
+    """Ingest the images of a dataset folder (or an s3://… URL) into the workspace."""
     from blurset.names import validate_name
     from blurset.pipeline.stages.sources import scan_source
     validate_name(name, "source name")

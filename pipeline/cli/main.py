@@ -7,7 +7,7 @@ import traceback
 import click
 
 from blurset.errors import BlursetError
-from blurset.pipeline.cli import annotate, data, demo, labelstudio, model, release
+from blurset.pipeline.cli import annotate, data, demo, labelstudio, model, release, serve
 from blurset.pipeline.cli.context import Ctx
 
 
@@ -33,15 +33,23 @@ class BlursetGroup(click.Group):
 @click.option("--catalog-url",
               help="SQLAlchemy URL of the catalog. Default: $BLURSET_CATALOG_URL or SQLite in "
                    "the workspace.")
+@click.option("--objects-url", envvar="BLURSET_OBJECTS_URL",
+              help="Where the object store lives (e.g. s3://bucket/prefix). "
+                   "Default: $BLURSET_OBJECTS_URL or WORKSPACE/objects.")
+@click.option("--dask-address", envvar="BLURSET_DASK_ADDRESS", metavar="tcp://HOST:PORT",
+              help="Run the flows' tasks (ingest batches, dedup verification, release build) "
+                   "on this Dask scheduler. Default: $BLURSET_DASK_ADDRESS, else this machine.")
 @click.option("--verbose", "-v", is_flag=True,
               help="Show Prefect's run logs, and the traceback of an error.")
 @click.pass_context
-def cli(ctx: click.Context, workspace: str | None, catalog_url: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, workspace: str | None, catalog_url: str | None,
+        objects_url: str | None, dask_address: str | None, verbose: bool) -> None:
     """blurset: build blur-detection datasets (ingest → dedup → annotate → release → train)."""
-    ctx.obj = Ctx(workspace, catalog_url, verbose)
+    ctx.obj = Ctx(workspace, catalog_url, verbose, dask_address=dask_address or None,
+                  objects_url=objects_url or None)
 
 
-for _module in (data, annotate, labelstudio, release, model, demo):
+for _module in (data, annotate, labelstudio, release, model, demo, serve):
     _module.register(cli)
 
 
