@@ -372,7 +372,7 @@ def engine_url(url: str) -> URL:
 
 
 def _hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(^|://)([^:/@]*):[^@/]*@", r"\1\2:***@", url)
 
 
 def _one_line(error: BaseException) -> str:

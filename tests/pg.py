@@ -161,6 +161,34 @@ def start_cluster(bin_dir: Path) -> Cluster:
     return cluster
 
 
+def _open_catalog(url: str, barrier, results) -> None:
+    """In a spawned process: once every process is ready, open the catalog; report how it went."""
+    from blurset.pipeline.catalog import Catalog
+    barrier.wait(timeout=300)
+    try:
+        Catalog(url).close()
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(f"{type(e).__name__}: {e}")
+    else:
+        results.put("ok")
+
+
+def open_all_at_once(url: str, processes: int = 6) -> list[str]:
+    """``Catalog(url)`` in ``processes`` fresh interpreters at one moment (they import first,
+    then meet at a barrier); each one's outcome: "ok" or the error."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_open_catalog, args=(url, barrier, results))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    return outcomes
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     """One private PostgreSQL server for the session (skips, saying why, where there is none)."""
