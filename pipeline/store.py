@@ -34,6 +34,9 @@ FORMAT_EXTENSIONS = {
 }
 
 
+FETCH_BATCH = 64  # objects fetched at once into a local cache
+
+
 def sha256_hex(data: bytes) -> str:
     """The image id: sha256 of the original bytes, hex."""
     return hashlib.sha256(data).hexdigest()
@@ -178,9 +181,22 @@ class RemoteObjectStore:
         cached object is never stale), for the steps that read objects as files."""
         store = ObjectStore(cache)
         store.remove_stale_temps()
-        for rel in dict.fromkeys(relpaths):
-            if not store.exists(rel):
-                atomic_write(store.root / rel, self.read(rel), mode=0o444)
+        todo = [rel for rel in dict.fromkeys(relpaths) if not store.exists(rel)]
+        for i in range(0, len(todo), FETCH_BATCH):  # fsspec fetches a list's files concurrently
+            batch = todo[i:i + FETCH_BATCH]
+            try:
+                got = self.fs.cat([self._full(rel) for rel in batch], on_error="return")
+            except (OSError, ValueError) as e:
+                raise ObjectStoreError(f"cannot read objects from {self.url}: {e}") from e
+            for rel in batch:
+                data = got.get(self._full(rel), FileNotFoundError(rel))
+                if isinstance(data, FileNotFoundError):
+                    raise NotFoundError(f"object {rel} is missing from the object store "
+                                        f"{self.url}")
+                if isinstance(data, BaseException):
+                    raise ObjectStoreError(f"cannot read object {rel} from {self.url}: "
+                                           f"{data}") from data
+                atomic_write(store.root / rel, data, mode=0o444)
         return store
 
 

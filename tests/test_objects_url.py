@@ -274,6 +274,19 @@ def test_ingest_dedup_release_build_and_verify_from_s3(sample, s3, tmp_path):
     for row in table.select(["id", "image"]).to_pylist()[:3]:
         assert any(s3.cat_file(p) == row["image"]["bytes"] for p in stored if row["id"] in p)
     assert (tmp_path / "ws" / "cache" / "objects").is_dir()
+    # an object gone from the store (and the cache) is named, and no release is left behind
+    first = table.column("id")[0].as_py()
+    gone = next(p for p in stored if p.split("/")[-1].startswith(first))
+    s3.rm(gone)
+    shutil.rmtree(tmp_path / "ws" / "cache")
+    catalog = ws.catalog()
+    try:
+        with pytest.raises(R.ReleaseError, match=f"{gone.split('/')[-1]} is missing from the "
+                                                 "object store s3://objects/blur; re-ingest"):
+            R.build_release(ws, catalog, R.ReleaseSpec("cuhk", "1.0.1", from_sources=["cuhk"]))
+    finally:
+        catalog.close()
+    assert not (tmp_path / "ws" / "releases" / "cuhk" / "1.0.1").exists()
 
 
 @pytest.mark.integration
