@@ -120,7 +120,8 @@ def test_a_remote_source_scans_as_the_same_folder_does(sample, memory, name):
 def test_a_remote_source_with_the_wrong_layout_or_nothing_is_refused(sample, memory):
     from blurset.pipeline.stages.sources import LayoutError
     upload(memory, sample / "extra", "memory://src/extra")
-    with pytest.raises(LayoutError, match="does not look like a cuhk source"):
+    with pytest.raises(LayoutError, match="memory://src/extra does not look like a cuhk source"
+                                          r".*missing folder memory://src/extra/image\)"):
         scan_source("cuhk", "memory://src/extra")
     with pytest.raises(LayoutError, match="holds no files"):
         scan_source("folder", "memory://src/nothing")

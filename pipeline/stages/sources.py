@@ -481,7 +481,12 @@ def scan_source(kind: str, root: str | os.PathLike | RemoteSource,
         tree, root = LOCAL, source
         if not root.is_dir():
             raise LayoutError(f"{root} is not a folder")
-    scan = adapter.scan(root, exclude, tree)
+    try:
+        scan = adapter.scan(root, exclude, tree)
+    except LayoutError as e:
+        if isinstance(source, RemoteSource):  # name the URL the user gave, not its path
+            raise LayoutError(str(e).replace(str(root), source.url)) from None
+        raise
     if not scan.items:
         raise LayoutError(f"{source}: no images found for kind {kind} "
                           f"(expected {adapter.expected})")
