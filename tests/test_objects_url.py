@@ -102,6 +102,8 @@ def test_a_remote_store_puts_an_object_once_and_reads_it_back(memory, monkeypatc
     local = store.local([rel, rel], tmp_path / "cache")
     assert isinstance(local, ObjectStore) and local.read(rel) == b"\xff\xd8 bytes"
     assert (local.root / rel).stat().st_mode & 0o222 == 0  # read-only, as the local store's
+    monkeypatch.setattr(type(store.fs), "cat", lambda *a, **k: pytest.fail("fetched again"))
+    assert store.local([rel], tmp_path / "cache").read(rel) == b"\xff\xd8 bytes"  # cached
     # local paths and file:// URLs stay local stores
     assert open_store(f"file://{tmp_path}/o") == ObjectStore(tmp_path / "o")
     assert open_store(str(tmp_path / "x" / ".." / "o")) == ObjectStore(tmp_path / "o")
@@ -147,7 +149,8 @@ def test_ingest_from_a_remote_source_into_a_remote_store_matches_a_local_ingest(
         assert not (tmp_path / "remote" / "objects").exists()
         # a second run reads nothing: the signatures (size and ETag) are the same
         assert ingest(there, "folder", "extra", "memory://src/extra")["todo"] == 0
-        memory.pipe_file("memory://src/extra/gray.jpg", (sample / "extra" / "IMG_0042.JPG").read_bytes())
+        other = (sample / "extra" / "IMG_0042.JPG").read_bytes()
+        memory.pipe_file("memory://src/extra/gray.jpg", other)
         assert ingest(there, "folder", "extra", "memory://src/extra")["todo"] == 1
     finally:
         ca.close()
@@ -329,7 +332,8 @@ def test_two_workspaces_on_one_catalog_and_one_store_build_each_others_ingests(s
         catalog.close()
     # Bob re-ingests Alice's source from his own copy of the same files: accepted, nothing new
     shutil.copytree(halves["a"], tmp_path / "bob-mount" / "cuhk")
-    again = ingest(Workspace.open(tmp_path / "bob"), "cuhk", "cuhk-a", tmp_path / "bob-mount" / "cuhk")
+    again = ingest(Workspace.open(tmp_path / "bob"), "cuhk", "cuhk-a",
+                   tmp_path / "bob-mount" / "cuhk")
     assert again["recorded_root"] == "s3://sources/cuhk-a" and not again["quarantined"]
     # forgetting nothing but giving another catalog is refused, naming the remembered one
     from blurset.pipeline.workspace import WorkspaceUrlConflict

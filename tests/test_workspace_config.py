@@ -91,3 +91,21 @@ def test_no_workspace_is_still_reported_for_read_only_verbs(tmp_path):
     with pytest.raises(NoWorkspaceError):
         Workspace.open(tmp_path / "nowhere", create=False)
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_two_first_openings_at_once_cannot_both_win(tmp_path, monkeypatch):
+    """The first URL is written exclusively: a second process that read no config before the
+    first one wrote it sees the file on writing, and is checked against it."""
+    import blurset.pipeline.workspace as W
+    Workspace.open(tmp_path / "ws", f"sqlite:///{tmp_path / 'first.sqlite'}")
+    real = W.read_config
+    calls = []
+
+    def stale_once(root):
+        calls.append(root)
+        return {} if len(calls) == 1 else real(root)
+    monkeypatch.setattr(W, "read_config", stale_once)
+    with pytest.raises(WorkspaceUrlConflict, match="first.sqlite"):
+        W.remember_urls(tmp_path / "ws", {"catalog_url": f"sqlite:///{tmp_path / 'second.sqlite'}"})
+    assert len(calls) == 2
+    assert real(tmp_path / "ws")["catalog_url"].endswith("first.sqlite")
