@@ -335,6 +335,12 @@ def test_two_workspaces_on_one_catalog_and_one_store_build_each_others_ingests(s
     again = ingest(Workspace.open(tmp_path / "bob"), "cuhk", "cuhk-a",
                    tmp_path / "bob-mount" / "cuhk")
     assert again["recorded_root"] == "s3://sources/cuhk-a" and not again["quarantined"]
+    catalog = Catalog(team)
+    try:
+        assert catalog.counts()["images"] == 20  # the same images: nothing new
+        assert catalog.source("cuhk-a")["root"] == "s3://sources/cuhk-a"
+    finally:
+        catalog.close()
     # forgetting nothing but giving another catalog is refused, naming the remembered one
     from blurset.pipeline.workspace import WorkspaceUrlConflict
     with pytest.raises(WorkspaceUrlConflict, match="team.sqlite"):
