@@ -345,3 +345,20 @@ def test_two_workspaces_on_one_catalog_and_one_store_build_each_others_ingests(s
     from blurset.pipeline.workspace import WorkspaceUrlConflict
     with pytest.raises(WorkspaceUrlConflict, match="team.sqlite"):
         Workspace.open(tmp_path / "bob", f"sqlite:///{tmp_path / 'solo.sqlite'}")
+
+
+@pytest.mark.integration
+def test_the_flows_ingest_from_s3_into_s3_and_build_the_release(prefect_harness, sample, s3,
+                                                                 tmp_path):
+    from blurset.pipeline import flows
+    upload(s3, sample / "cuhk", "s3://sources/cuhk")
+    ws = tmp_path / "ws"
+    first = flows.ingest_flow(ws, "cuhk", "cuhk", "s3://sources/cuhk", batch_size=8,
+                              objects_url="s3://objects/blur", show_progress=False)
+    assert (first.found, first.ingested, first.quarantined_now) == (20, 20, 0)
+    again = flows.ingest_flow(ws, "cuhk", "cuhk", "s3://sources/cuhk", show_progress=False)
+    assert again.new_or_changed == 0  # the remembered store, and the same ETags
+    assert len(s3.find("objects/blur")) == 40 and not (ws / "objects").exists()  # images, masks
+    info = flows.release_flow(ws, R.ReleaseSpec("cuhk", "1.0.0", from_sources=["cuhk"]),
+                              show_progress=False)
+    assert info.rows == 20 and R.verify_release(info.path).ok
