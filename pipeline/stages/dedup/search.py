@@ -1,4 +1,4 @@
-"""Near-duplicate search over perceptual hashes: hash variants of each image, faiss range search.
+"""Near-duplicate search over perceptual hashes: hash variants of each image, range search.
 
 Pure functions over 64×64 grey thumbs and their 64-bit DCT ``phash``
 (:mod:`blurset.pipeline.stages.hashing`); no catalog. :func:`search_pairs` finds every pair of
@@ -10,14 +10,20 @@ From each thumb, :func:`variant_hashes` derives 162 phashes: the DCT hash of 81 
 cut by 0, 5 or 10 %, independently) of the thumb and of its mirror image; window resampling and
 the DCT are linear and separable, so all variants of all thumbs come from two small matrix
 products. :func:`band_hashes` adds two hashes per image, of the thumb without its top or its
-bottom :data:`BAND_CUT` (a corner watermark's band). Lookups are exhaustive range searches in a
-faiss ``IndexBinaryFlat`` (SIMD popcount): at radius 12 of 64 bits multi-index hashing and numpy
-brute force were slower at every size measured (``benchmarks/dedup_search.py``). What each
+bottom :data:`BAND_CUT` (a corner watermark's band).
+
+Two indexes answer the lookups. ``flat``: exhaustive range searches in a faiss
+``IndexBinaryFlat`` (SIMD popcount), exact, quadratic: 164·N² comparisons. ``blocks``
+(:class:`BlockIndex`): multi-index hashing in numpy, exact up to :data:`BLOCK_EXACT_RADIUS`
+bits and approximate beyond, about N^1.2. ``auto`` (the default) takes ``blocks`` where it is
+exact (``threshold`` ≤ :data:`BLOCK_EXACT_RADIUS`) and otherwise ``flat`` up to
+:data:`FLAT_MAX_IMAGES` images, ``blocks`` above. Measured: ``docs/scale-search.md``; what each
 variant finds: ``docs/dedup.md``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -34,6 +40,18 @@ DEFAULT_THRESHOLD = 12
 CROP_STEPS = (0.0, 0.05, 0.10)  # fractions cut from each side for the variant windows
 BAND_CUT = 0.16  # band hashes leave out the top or the bottom 16 % (a corner watermark's band)
 _QUERY_BLOCK = 1 << 16  # hashes per faiss range search
+
+# The block index (docs/scale-search.md): 3 substrings of 21-22 bits, each filed with every
+# 1-bit neighbour, in 3 rotations of the hash. Exact up to 3·(1 + 1) − 1 = 5 bits.
+BLOCKS = 3
+BLOCK_FLIPS = 1
+BLOCK_ROTATIONS = (0, 7, 14)
+BLOCK_EXACT_RADIUS = BLOCKS * (BLOCK_FLIPS + 1) - 1
+# Above this many images ``auto`` leaves the exhaustive search (about 16 minutes on one core
+# at 10^5 images) for the block index, which is approximate beyond BLOCK_EXACT_RADIUS bits.
+FLAT_MAX_IMAGES = 100_000
+INDEXES = ("auto", "flat", "blocks")
+_BLOCK_QUERIES = 1 << 20  # query hashes per block-index lookup (bounds the candidate arrays)
 _MAX_TRIES = 3  # alignments tried per pair
 
 
@@ -181,6 +199,117 @@ def _as_codes(hashes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(hashes.astype(">u8")).view(np.uint8).reshape(-1, 8)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of substrings wider than a table
+
+
+class BlockIndex:
+    """Multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012) over uint64 hashes, in numpy.
+
+    For each rotation of the 64 bits, the hash is cut into ``blocks`` substrings of 21-22 bits;
+    every database hash is filed in one table per substring under its substring and each
+    substring up to ``flips`` bits from it (``rows`` hashes × (1 + 21 + …) entries). A query
+    looks up its own substrings only, and every candidate is checked by popcount: nothing
+    farther than the threshold is returned, and the distance returned is exact.
+
+    Two hashes within ``blocks·(flips + 1) − 1`` bits (:attr:`exact_radius`) agree to ``flips``
+    bits on at least one substring (pigeonhole), so every such pair is found. A pair farther
+    apart is found only if one substring of one rotation happens to differ by ``flips`` bits or
+    fewer: that is the approximation.
+    """
+
+    def __init__(self, database: np.ndarray, blocks: int = BLOCKS, flips: int = BLOCK_FLIPS,
+                 rotations: tuple[int, ...] = BLOCK_ROTATIONS, max_table_bits: int = 26):
+        if not 1 <= blocks <= 8 or not 0 <= flips <= 2 or not rotations:
+            raise ValueError(f"blocks must be 1…8, flips 0…2 and rotations not empty, got "
+                             f"blocks={blocks}, flips={flips}, rotations={rotations}")
+        self.database = np.ascontiguousarray(database, dtype=np.uint64)
+        self.exact_radius = blocks * (flips + 1) - 1
+        rows = len(self.database)
+        widths = [64 // blocks + (i < 64 % blocks) for i in range(blocks)]
+        # (rotation, shift, width, table bits, ids (entries,) int32, offsets (2^bits + 1,))
+        self._tables: list[tuple[int, int, int, int, np.ndarray, np.ndarray]] = []
+        for rot in rotations:
+            rotated = _rotate(self.database, rot)
+            for shift, width in zip(np.cumsum([0, *widths[:-1]]).tolist(), widths, strict=True):
+                masks = _flip_masks(width, flips)
+                entries = rows * len(masks)
+                bits = min(width, max_table_bits, max(8, int(np.ceil(np.log2(max(entries, 2))))))
+                keys = (rotated >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+                buckets = _bucket((keys[:, None] ^ masks[None, :]).ravel(), width, bits)
+                order = np.argsort(buckets, kind="stable")
+                ids = (order // len(masks)).astype(np.int32)
+                offsets = np.zeros((1 << bits) + 1, np.int64)
+                np.cumsum(np.bincount(buckets, minlength=1 << bits), out=offsets[1:])
+                self._tables.append((rot, shift, width, bits, ids, offsets))
+
+    def search(self, queries: np.ndarray, threshold: int) -> tuple[np.ndarray, ...]:
+        """(query row, database row, distance) int64 of every pair the index finds within
+        ``threshold`` bits, each once, sorted by query row then database row."""
+        q = np.ascontiguousarray(queries, dtype=np.uint64)
+        found: list[tuple[np.ndarray, np.ndarray]] = []
+        for rot, shift, width, bits, ids, offsets in self._tables:
+            keys = (_rotate(q, rot) >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+            bucket = _bucket(keys, width, bits)
+            start, stop = offsets[bucket], offsets[bucket + 1]
+            hit = np.flatnonzero(stop > start)
+            start, count = start[hit], stop[hit] - start[hit]
+            rows = np.repeat(hit, count)
+            # position of every candidate: its bucket's start + its rank within the bucket
+            pos = np.arange(len(rows)) + np.repeat(start - (np.cumsum(count) - count), count)
+            target = ids[pos]
+            near = np.bitwise_count(q[rows] ^ self.database[target]) <= threshold
+            found.append((rows[near], target[near].astype(np.int64)))
+        rows, target = (np.concatenate(col) for col in zip(*found, strict=True))
+        pair = np.unique(rows * np.int64(len(self.database)) + target)
+        rows, target = np.divmod(pair, np.int64(max(1, len(self.database))))
+        dist = np.bitwise_count(q[rows] ^ self.database[target]).astype(np.int64)
+        return rows, target, dist
+
+
+def _rotate(hashes: np.ndarray, bits: int) -> np.ndarray:
+    if bits % 64 == 0:
+        return hashes
+    return (hashes >> np.uint64(bits)) | (hashes << np.uint64(64 - bits))
+
+
+@cache
+def _flip_masks(width: int, flips: int) -> np.ndarray:
+    """Every mask of ``width`` bits with at most ``flips`` bits set (0 first)."""
+    return np.array([sum(1 << b for b in c) for k in range(flips + 1)
+                     for c in itertools.combinations(range(width), k)], dtype=np.uint64)
+
+
+def _bucket(keys: np.ndarray, width: int, bits: int) -> np.ndarray:
+    """Table slot of each ``width``-bit key: the key itself if the table has 2^width slots,
+    else its Fibonacci hash to ``bits`` bits."""
+    if bits >= width:
+        return keys.astype(np.int64)
+    return ((keys * _GOLDEN) >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _block_search(queries: np.ndarray, database: np.ndarray, threshold: int,
+                  allowed: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                  progress: Callable[[int], None] | None = None,
+                  index: BlockIndex | None = None) -> tuple[np.ndarray, ...]:
+    """:func:`_range_search` through a :class:`BlockIndex` (built on ``database`` unless
+    given): the same hits up to its exact radius, a subset beyond, in the same columns."""
+    index = BlockIndex(database) if index is None else index
+    n, k = queries.shape
+    block = max(1, _BLOCK_QUERIES // k)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, n, block):
+        q = queries[start:start + block]
+        rows, tj, dist = index.search(q.reshape(-1), threshold)
+        qi, var = rows // k + start, rows % k
+        keep = allowed(qi, tj)
+        parts.append((dist[keep], qi[keep], var[keep], tj[keep]))
+        if progress is not None:
+            progress(min(n, start + block))
+    if not parts:
+        return tuple(np.zeros(0, np.int64) for _ in range(4))
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
 def _nearest_hits(dist: np.ndarray, query: np.ndarray, variant: np.ndarray, target: np.ndarray,
                   band: np.ndarray) -> dict[tuple[int, int], list[_Hit]]:
     """Per unordered pair (lo, hi): the nearest hit of each (mirror state, band) kind, nearest
@@ -206,26 +335,48 @@ def _nearest_hits(dist: np.ndarray, query: np.ndarray, variant: np.ndarray, targ
 
 
 def search_pairs(thumbs: np.ndarray, stored: np.ndarray, n_ref: int, threshold: int,
-                 progress: Callable[[int], None] | None = None) -> dict[tuple[int, int],
-                                                                      list[_Hit]]:
+                 progress: Callable[[int], None] | None = None, *,
+                 index: str = "auto") -> dict[tuple[int, int], list[_Hit]]:
     """Every pair (earlier, later) of images whose hashes lie within ``threshold`` bits, with
     its hits nearest first. ``thumbs`` (N, S, S) uint8, ``stored`` (N,) uint64 phashes; the
     first ``n_ref`` images are references, never paired with each other. ``progress(done)``
-    counts images searched."""
-    n = len(thumbs)
+    counts images searched. ``index``: ``flat``, ``blocks`` or ``auto`` (module docstring)."""
+    variants = variant_hashes(thumbs).reshape(len(thumbs), -1)
+    return _nearest_hits(*search_hits(variants, band_hashes(thumbs), stored, n_ref, threshold,
+                                      progress, index=index))
+
+
+def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_ref: int,
+                threshold: int, progress: Callable[[int], None] | None = None, *,
+                index: str = "auto") -> tuple[np.ndarray, ...]:
+    """The hits behind :func:`search_pairs` as columns (distance, query, variant, target, band):
+    ``variants`` (N, K) of each image against ``stored`` (N,), each band (N, B) against the
+    same band of the others."""
+    n = len(stored)
+    kind = resolve_index(index, n, threshold)
 
     def allowed(qi: np.ndarray, tj: np.ndarray) -> np.ndarray:
         return (qi != tj) & ((qi >= n_ref) | (tj >= n_ref))
 
-    found = [_range_search(variant_hashes(thumbs).reshape(n, -1), stored, threshold, allowed,
-                           progress)]
-    bands = band_hashes(thumbs)
+    lookup = _range_search if kind == "flat" else _block_search
+    found = [lookup(variants, stored, threshold, allowed, progress)]
     for b in range(bands.shape[1]):
-        d, q, _, t = _range_search(bands[:, b:b + 1], bands[:, b], threshold, allowed)
+        d, q, _, t = lookup(bands[:, b:b + 1], bands[:, b], threshold, allowed)
         found.append((d, q, np.zeros_like(q), t))
     columns = [np.concatenate(col) for col in zip(*found, strict=True)]
     band = np.concatenate([np.full(len(f[0]), i > 0) for i, f in enumerate(found)])
-    return _nearest_hits(*columns, band)
+    return (*columns, band)
+
+
+def resolve_index(index: str, n: int, threshold: int) -> str:
+    """``flat`` or ``blocks``: what ``index`` means for ``n`` images at ``threshold`` bits."""
+    if index not in INDEXES:
+        raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
+    if index != "auto":
+        return index
+    if threshold <= BLOCK_EXACT_RADIUS or n > FLAT_MAX_IMAGES:
+        return "blocks"
+    return "flat"
 
 
 def initial_warp(variant: int) -> np.ndarray:
