@@ -124,6 +124,20 @@ def test_a_wrong_password_and_a_missing_database_are_one_line_each(pg_cluster: C
 
 
 @pytest.mark.integration
+def test_a_url_without_password_uses_pgpassword(pg_cluster: Cluster, pg_url, monkeypatch):
+    """libpq's own ways to give the password ($PGPASSWORD, ~/.pgpass) work: the URL need not
+    hold it (a URL is remembered in the workspace's blurset.yaml)."""
+    database = pg_url.rsplit("/", 1)[1]
+    no_password = pg_cluster.url(database, password=None)
+    monkeypatch.setenv("PGPASSWORD", "wrong")
+    with pytest.raises(CatalogUnreachableError, match="password authentication failed"):
+        Catalog(no_password)
+    monkeypatch.setenv("PGPASSWORD", pg.PASSWORD)
+    Catalog(no_password).close()
+    assert tables_and_columns(pg_url) == expected_schema()
+
+
+@pytest.mark.integration
 def test_a_user_who_may_not_create_tables_is_told_how_to_grant_it(pg_cluster: Cluster, pg_url):
     admin = create_engine(engine_url(pg_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -257,6 +271,7 @@ def catalog_rows(url: str, ws: Path) -> dict[str, list[tuple]]:
 @pytest.mark.integration
 def test_the_sample_on_postgres_matches_sqlite(prefect_harness, sample, pg_url, tmp_path):
     sqlite_ws, pg_ws = tmp_path / "sqlite", tmp_path / "pg"
+    run_sample(tmp_path / "warm-up", sample, None)  # imports and Prefect's first runs, untimed
     sqlite_s = run_sample(sqlite_ws, sample, None)
     pg_s = run_sample(pg_ws, sample, pg_url)
     print(f"\nsample ingest + dedup + release build: SQLite {sqlite_s:.1f} s, "
