@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from blurset.pipeline.demo import sample as S
-from blurset.pipeline.stages.dedup import HashRecord, find_duplicates
-from blurset.pipeline.stages.dedup import search
+from blurset.pipeline.stages.dedup import HashRecord, find_duplicates, search
 from blurset.pipeline.stages.hashing import hash_opened
 
 
@@ -124,3 +123,28 @@ def test_the_bundled_sample_gets_the_same_verdicts_from_the_block_index(sample_r
     kept = {pair: v for pair, v in flat.items() if v != "rejected"}
     assert {pair: blocks.get(pair) for pair in kept} == kept
     assert set(blocks) <= set(flat)
+
+
+@pytest.mark.parametrize("index", ["flat", "blocks"])
+@pytest.mark.parametrize("n_ref", [0, 1, 250, 599, 600])
+def test_references_are_searched_against_candidates_only(index, n_ref):
+    """search_hits skips the reference × reference lookups, and finds every other hit: the
+    same hits as brute force over all pairs with the reference pairs filtered out."""
+    rng = np.random.default_rng(n_ref)
+    stored = planted_hashes(rng, 600, search.BLOCK_EXACT_RADIUS)
+    variants = np.stack([stored, stored ^ np.uint64(1 << 40), stored ^ np.uint64(0b11)], axis=1)
+    bands = np.stack([stored ^ np.uint64(0b110), stored ^ np.uint64(1 << 60)], axis=1)
+    r = search.BLOCK_EXACT_RADIUS
+    d, q, v, t, band = search.search_hits(variants, bands, stored, n_ref, r, index=index)
+    got = sorted(zip(d.tolist(), q.tolist(), v.tolist(), t.tolist(), band.tolist(), strict=True))
+    expected = []
+    dv = np.bitwise_count(variants[:, :, None] ^ stored[None, None, :])
+    for i, k, j in zip(*np.nonzero(dv <= r), strict=True):
+        expected.append((int(dv[i, k, j]), int(i), int(k), int(j), False))
+    for b in range(bands.shape[1]):
+        db = np.bitwise_count(bands[:, b, None] ^ bands[None, :, b])
+        expected += [(int(db[i, j]), int(i), 0, int(j), True)
+                     for i, j in zip(*np.nonzero(db <= r), strict=True)]
+    expected = sorted(h for h in expected if h[1] != h[3] and max(h[1], h[3]) >= n_ref)
+    assert got == expected
+    assert len(expected) > 0 or n_ref >= 599

@@ -351,21 +351,36 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
                 index: str = "auto") -> tuple[np.ndarray, ...]:
     """The hits behind :func:`search_pairs` as columns (distance, query, variant, target, band):
     ``variants`` (N, K) of each image against ``stored`` (N,), each band (N, B) against the
-    same band of the others."""
+    same band of the others; the candidates (rows ``n_ref``…) against everyone, the references
+    against the candidates only (the pairs two references would make are never looked up)."""
     n = len(stored)
-    kind = resolve_index(index, n, threshold)
+    lookup = _range_search if resolve_index(index, n, threshold) == "flat" else _block_search
+    found: list[tuple[np.ndarray, ...]] = []
+    band: list[np.ndarray] = []
+    # (query rows, target rows): references first, so that progress counts up to n
+    for qs, ts in [(slice(0, n_ref), slice(n_ref, n)), (slice(n_ref, n), slice(0, n))]:
+        q0, t0 = qs.start, ts.start
+        if qs.start == qs.stop or ts.start == ts.stop:
+            continue
 
-    def allowed(qi: np.ndarray, tj: np.ndarray) -> np.ndarray:
-        return (qi != tj) & ((qi >= n_ref) | (tj >= n_ref))
+        def allowed(qi: np.ndarray, tj: np.ndarray, q0: int = q0, t0: int = t0) -> np.ndarray:
+            return qi + q0 != tj + t0
 
-    lookup = _range_search if kind == "flat" else _block_search
-    found = [lookup(variants, stored, threshold, allowed, progress)]
-    for b in range(bands.shape[1]):
-        d, q, _, t = lookup(bands[:, b:b + 1], bands[:, b], threshold, allowed)
-        found.append((d, q, np.zeros_like(q), t))
+        def done(k: int, q0: int = q0) -> None:
+            if progress is not None:
+                progress(q0 + k)
+
+        parts = [lookup(variants[qs], stored[ts], threshold, allowed, done)]
+        for b in range(bands.shape[1]):
+            d, q, _, t = lookup(bands[qs, b:b + 1], bands[ts, b], threshold, allowed)
+            parts.append((d, q, np.zeros_like(q), t))
+        for i, (d, q, v, t) in enumerate(parts):
+            found.append((d, q + q0, v, t + t0))
+            band.append(np.full(len(d), i > 0))
+    if not found:
+        return (*(np.zeros(0, np.int64) for _ in range(4)), np.zeros(0, bool))
     columns = [np.concatenate(col) for col in zip(*found, strict=True)]
-    band = np.concatenate([np.full(len(f[0]), i > 0) for i, f in enumerate(found)])
-    return (*columns, band)
+    return (*columns, np.concatenate(band))
 
 
 def resolve_index(index: str, n: int, threshold: int) -> str:
