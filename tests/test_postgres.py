@@ -106,6 +106,15 @@ def test_the_unreachable_error_is_a_service_error_and_a_connection_error():
     assert isinstance(e.value, ServiceError) and isinstance(e.value, ConnectionError)
 
 
+def test_where_postgres_cannot_be_installed_the_tests_skip_with_the_reason(tmp_path, monkeypatch):
+    installer = tmp_path / "install_postgres.sh"
+    installer.write_text("echo 'not root and no passwordless sudo' >&2; exit 2\n")
+    monkeypatch.setattr(pg, "pg_bin", lambda: None)
+    monkeypatch.setattr(pg, "INSTALL", installer)
+    with pytest.raises(pytest.skip.Exception, match="exit 2.*not root and no passwordless sudo"):
+        pg.postgres_or_skip()
+
+
 # -- a real server ------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_a_wrong_password_and_a_missing_database_are_one_line_each(pg_cluster: Cluster, tmp_path):
