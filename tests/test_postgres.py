@@ -106,6 +106,18 @@ def test_the_unreachable_error_is_a_service_error_and_a_connection_error():
     assert isinstance(e.value, ServiceError) and isinstance(e.value, ConnectionError)
 
 
+def test_sqlite_still_adds_the_columns_an_older_catalog_lacks(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    Catalog(url).close()
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("ALTER TABLE annotation_tasks DROP COLUMN prelabel_iou"))
+    engine.dispose()
+    assert "prelabel_iou" not in tables_and_columns(url)["annotation_tasks"]
+    Catalog(url).close()
+    assert tables_and_columns(url) == expected_schema()
+
+
 def test_where_postgres_cannot_be_installed_the_tests_skip_with_the_reason(tmp_path, monkeypatch):
     installer = tmp_path / "install_postgres.sh"
     installer.write_text("echo 'not root and no passwordless sudo' >&2; exit 2\n")
