@@ -24,7 +24,9 @@ variant finds: ``docs/dedup.md``.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
@@ -292,22 +294,36 @@ def _block_search(queries: np.ndarray, database: np.ndarray, threshold: int,
                   progress: Callable[[int], None] | None = None,
                   index: BlockIndex | None = None) -> tuple[np.ndarray, ...]:
     """:func:`_range_search` through a :class:`BlockIndex` (built on ``database`` unless
-    given): the same hits up to its exact radius, a subset beyond, in the same columns."""
+    given): the same hits up to its exact radius, a subset beyond, in the same columns.
+    Chunks of queries run in one thread per core (numpy releases the GIL in its loops); the
+    result does not depend on the number."""
     index = BlockIndex(database) if index is None else index
     n, k = queries.shape
     block = max(1, _BLOCK_QUERIES // k)
-    parts: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, n, block):
-        q = queries[start:start + block]
-        rows, tj, dist = index.search(q.reshape(-1), threshold)
+
+    def chunk(start: int) -> tuple[np.ndarray, ...]:
+        rows, tj, dist = index.search(queries[start:start + block].reshape(-1), threshold)
         qi, var = rows // k + start, rows % k
         keep = allowed(qi, tj)
-        parts.append((dist[keep], qi[keep], var[keep], tj[keep]))
-        if progress is not None:
-            progress(min(n, start + block))
+        return dist[keep], qi[keep], var[keep], tj[keep]
+
+    starts = range(0, n, block)
+    parts: list[tuple[np.ndarray, ...]] = []
+    with ThreadPoolExecutor(min(_cores(), max(1, len(starts)))) as pool:
+        for start, part in zip(starts, pool.map(chunk, starts), strict=True):
+            parts.append(part)
+            if progress is not None:
+                progress(min(n, start + block))
     if not parts:
         return tuple(np.zeros(0, np.int64) for _ in range(4))
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _cores() -> int:
+    """Cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _nearest_hits(dist: np.ndarray, query: np.ndarray, variant: np.ndarray, target: np.ndarray,
