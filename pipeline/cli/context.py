@@ -126,19 +126,36 @@ async def _create_prefect_db() -> None:
 _KEPT = contextlib.ExitStack()  # settings entered for the rest of the command
 
 
-def api_for_dask_workers() -> None:
+def api_for_dask_workers() -> bool:
     """Without a configured Prefect server, start this command's temporary one now and name it
     in the settings the flow sends to its Dask workers: each worker would otherwise start a
     temporary server of its own (with its own database). The server listens on 127.0.0.1, so
-    workers on other machines need a real server (``PREFECT_API_URL``)."""
+    workers on other machines need a real server (``PREFECT_API_URL``). True if it started
+    one (the workers must then deliver their events before the command ends)."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
     if get_current_settings().api.url:
-        return
+        return False
     server = SubprocessASGIServer()
     server.start()
     # for the rest of this command (it ends with the process, as the server does)
     _KEPT.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
+    return True
+
+
+async def _deliver_prefect_events() -> None:
+    """On a Dask worker: send the task-run events still queued (the server may go away)."""
+    from prefect.events.worker import EventsWorker
+    await EventsWorker.drain_all(timeout=60)
+
+
+def drain_dask_workers(address: str) -> None:
+    """Wait until every worker of the scheduler at ``address`` has delivered its Prefect events:
+    the command's temporary server ends with it, and events sent later are lost (the workers
+    log each failure)."""
+    from distributed import Client
+    with Client(address, timeout=30) as client:
+        client.run(_deliver_prefect_events)
 
 
 class _PopenDyingWithParent:
@@ -203,24 +220,37 @@ def dask_task_runner(address: str, timeout: float = 5.0):
 
 
 class _ConfiguredFlows:
-    """``blurset.pipeline.flows`` as this command was configured: each flow on the Dask
-    cluster when ``--dask-address`` is given, and given ``--objects-url`` when it takes one
-    (an explicit keyword still wins)."""
+    """``blurset.pipeline.flows`` as this command was configured: :meth:`flow` is a flow on the
+    Dask cluster when ``--dask-address`` is given; a flow called as an attribute is also given
+    ``--objects-url`` when it takes one (an explicit keyword still wins), and ``after`` runs
+    when it returns."""
 
-    def __init__(self, module: ModuleType, task_runner=None, objects_url: str | None = None):
+    def __init__(self, module: ModuleType, task_runner=None, objects_url: str | None = None,
+                 after=None):
         self._module, self._runner, self._objects_url = module, task_runner, objects_url
+        self._after = after
+
+    def flow(self, name: str):
+        value = getattr(self._module, name)
+        return value.with_options(task_runner=self._runner) if self._runner else value
 
     def __getattr__(self, name: str):
         from prefect import Flow
         value = getattr(self._module, name)
         if not isinstance(value, Flow):
             return value
-        if self._runner is not None:
-            value = value.with_options(task_runner=self._runner)
-        if self._objects_url is not None and \
-                "objects_url" in inspect.signature(value.fn).parameters:
-            value = functools.partial(value, objects_url=self._objects_url)
-        return value
+        flow = self.flow(name)
+        given = ({"objects_url": self._objects_url} if self._objects_url is not None and
+                 "objects_url" in inspect.signature(flow.fn).parameters else {})
+
+        @functools.wraps(flow.fn)
+        def run(*args, **kwargs):
+            try:
+                return flow(*args, **{**given, **kwargs})
+            finally:
+                if self._after is not None:
+                    self._after()
+        return run
 
 
 @dataclass
@@ -264,9 +294,10 @@ class Ctx:
         _EXPECTED_FILTER.install(quiet=not self.verbose)
         migrate_prefect_once()
         server_dies_with_cli()
-        if runner is not None:
-            api_for_dask_workers()
-        return _ConfiguredFlows(flows, runner, self.objects_url)
+        after = None
+        if runner is not None and api_for_dask_workers():
+            after = functools.partial(drain_dask_workers, runner.address)
+        return _ConfiguredFlows(flows, runner, self.objects_url, after)
 
     def releases_root(self, root: str | os.PathLike | None) -> Path:
         """``--releases-root``/``--out``/``--root`` if given, else WORKSPACE/releases."""

@@ -34,8 +34,9 @@ class BlursetGroup(click.Group):
               help="SQLAlchemy URL of the catalog. Default: $BLURSET_CATALOG_URL or SQLite in "
                    "the workspace.")
 @click.option("--objects-url", envvar="BLURSET_OBJECTS_URL",
-              help="Where the object store lives (e.g. s3://bucket/prefix). "
-                   "Default: $BLURSET_OBJECTS_URL or WORKSPACE/objects.")
+              help="Where the object store lives (e.g. s3://bucket/prefix). Default: "
+                   "$BLURSET_OBJECTS_URL, else the one the workspace remembers, else "
+                   "WORKSPACE/objects.")
 @click.option("--dask-address", envvar="BLURSET_DASK_ADDRESS", metavar="tcp://HOST:PORT",
               help="Run the flows' tasks (ingest batches, dedup verification, release build) "
                    "on this Dask scheduler. Default: $BLURSET_DASK_ADDRESS, else this machine.")

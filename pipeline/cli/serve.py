@@ -38,11 +38,10 @@ def serve(c: Ctx, deployment_name: str, limit: int | None) -> None:
             "`prefect server start`, then `prefect config set PREFECT_API_URL="
             "http://127.0.0.1:4200/api` (or export PREFECT_API_URL)")
     defaults = {"workspace": str(c.ws.root), "catalog_url": c.ws.catalog_url,
-                "objects_url": c.objects_url}
+                "objects_url": c.ws.objects_url}
     deployments = []
     for attr in SERVED:
-        flow = getattr(flows, attr)
-        flow = getattr(flow, "func", flow)  # with --objects-url: the flow inside the partial
+        flow = flows.flow(attr)
         deployments.append(flow.to_deployment(
             name=deployment_name, parameters=defaults, tags=["blurset"],
             description=f"blurset {flow.name} on workspace {c.ws.root}",
