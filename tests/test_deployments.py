@@ -56,9 +56,10 @@ def test_serve_runs_deployments_triggered_on_the_server(server, tmp_path):
     from blurset.pipeline.demo.sample import write_sample
     from blurset.pipeline.stages.dedup.run import run_dedup
 
-    sample, ws = tmp_path / "sample", tmp_path / "ws"
+    sample, ws, objects = tmp_path / "sample", tmp_path / "ws", tmp_path / "shared-objects"
     write_sample(sample)
-    env = clean_env(PREFECT_API_URL=server)
+    # the objects outside the workspace (--objects-url as $BLURSET_OBJECTS_URL), remembered by it
+    env = clean_env(PREFECT_API_URL=server, BLURSET_OBJECTS_URL=str(objects))
     r = blurset("-w", str(ws), "ingest", "--kind", "cuhk", "--name", "cuhk", str(sample / "cuhk"),
                 env=env)
     assert r.returncode == 0, r.stderr
@@ -74,7 +75,7 @@ def test_serve_runs_deployments_triggered_on_the_server(server, tmp_path):
             assert time.monotonic() < deadline, "blurset serve registered no deployments"
             time.sleep(1)
         dedup = deployments(server, {"dedup/team"})["dedup/team"]
-        assert dedup.parameters == {"workspace": str(ws), "objects_url": None,
+        assert dedup.parameters == {"workspace": str(ws), "objects_url": str(objects),
                                     "catalog_url": f"sqlite:///{ws}/catalog.sqlite"}
         with temporary_settings(updates={PREFECT_API_URL: server}):
             ingested = run_deployment("ingest/team", timeout=240, parameters={
@@ -95,6 +96,8 @@ def test_serve_runs_deployments_triggered_on_the_server(server, tmp_path):
     finally:
         catalog.close()
     assert recorded, "the served dedup recorded no duplicate"
+    stored = {p.name for p in objects.rglob("*") if p.is_file()}
+    assert len(stored) >= 40 and not (ws / "objects").exists()  # both sources' images
     key = ("candidate_source", "candidate_path", "reference_source", "reference_path", "method")
     assert sorted(tuple(f[k] for k in key) for f in recorded) == \
         sorted(tuple(f[k] for k in key) for f in expected)
