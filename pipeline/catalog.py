@@ -647,13 +647,22 @@ class Catalog:
                           .values(excluded=reason))
         return run_id
 
-    def findings(self, verdict: str | None = "duplicate") -> list[dict]:
-        q = select(duplicate_findings).order_by(duplicate_findings.c.candidate_source,
-                                                duplicate_findings.c.candidate_path,
-                                                duplicate_findings.c.reference_source,
-                                                duplicate_findings.c.reference_path)
+    def findings(self, verdict: str | None = "duplicate", *,
+                 open_only: bool = False) -> list[dict]:
+        """The last run's pairs with this verdict (all if None).
+
+        ``open_only``: only the pairs whose candidate path is still kept, i.e. the ones a
+        person's decision would change (an uncertain pair whose candidate a verified duplicate
+        already excludes changes nothing, whatever a person says)."""
+        f = duplicate_findings.c
+        q = select(duplicate_findings).order_by(f.candidate_source, f.candidate_path,
+                                                f.reference_source, f.reference_path)
         if verdict:
-            q = q.where(duplicate_findings.c.verdict == verdict)
+            q = q.where(f.verdict == verdict)
+        if open_only:
+            q = q.join(image_paths, (image_paths.c.source == f.candidate_source)
+                       & (image_paths.c.rel_path == f.candidate_path)
+                       ).where(image_paths.c.excluded.is_(None))
         with self.engine.connect() as c:
             return [dict(r) for r in c.execute(q).mappings()]
 

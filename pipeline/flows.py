@@ -29,6 +29,7 @@ from blurset.pipeline.stages.dedup import run as dedup_stage
 from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
     BatchResult,
+    bind_source,
     Store,
     ingest_batch,
     items_to_ingest,
@@ -78,7 +79,9 @@ class DedupSummary:
     excluded_paths: int
     excluded_as_reference_duplicates: int
     by_method: dict[str, int]  # duplicate pairs per method
-    uncertain: int = 0  # pairs left to a person (neither excluded nor rejected)
+    uncertain: int = 0  # pairs the pixels cannot decide (neither excluded nor rejected)
+    uncertain_open: int = 0  # of those, the ones whose candidate is still kept: a person's
+    # decision changes what is kept (the others' candidate is a verified duplicate already)
     decided: int = 0  # findings whose verdict a person's decision set
 
     @classmethod
@@ -139,7 +142,10 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: str | Path, *, batc
             remove_stale_temps(store.root, depth=1)
     catalog = ws.catalog()
     try:
-        catalog.register_source(name, kind, str(root))  # SourceConflictError: nothing written
+        # SourceConflictError / SourceRootMismatch: nothing written
+        if (recorded := bind_source(catalog, name, kind, root, scan)) is not None:
+            logger.info("%s: recorded at %s; ingesting the same files from %s", name, recorded,
+                        root)
         known = catalog.known_signatures(name)
         todo = items_to_ingest(catalog, name, root, scan.items, max_pixels)
         orphans = [o for o in scan.orphan_masks if o.rel_path not in known]

@@ -370,6 +370,45 @@ def test_uncertain_pairs_are_kept_out_of_both_lists(decided_workspace, monkeypat
     assert catalog.excluded_paths() == [] and catalog.findings("uncertain")
 
 
+def test_only_open_uncertain_pairs_are_left_to_a_person(decided_workspace, monkeypatch):
+    """An uncertain pair whose candidate a verified duplicate already excludes is moot: no
+    decision on it changes what is kept. `dups --uncertain` lists the open ones; a person who
+    overturns the duplicate makes the moot pair open again."""
+    from click.testing import CliRunner
+
+    from blurset.pipeline.cli.main import cli
+    from blurset.pipeline.stages.dedup import run as stage
+    from blurset.pipeline.stages.dedup.run import Decision, record_decisions
+    ws, catalog = decided_workspace
+
+    def found(refs, cands, **kw):
+        photo, dark = cands  # in input order: photo.jpg, ramp_dark.png
+        return [Match(dark.key, refs[0].key, 0, "phash+coarse", 0.9, "duplicate"),
+                Match(dark.key, photo.key, 10, "phash+flat", 0.8, "uncertain"),
+                Match(photo.key, refs[0].key, 12, "phash+flat", 0.7, "uncertain")]
+
+    monkeypatch.setattr(stage, "find_duplicates", found)
+    out = rerun(catalog)
+    assert (out.summary["uncertain"], out.summary["uncertain_open"]) == (2, 1)
+    assert len(catalog.findings("uncertain")) == 2
+    (open_pair,) = catalog.findings("uncertain", open_only=True)
+    assert open_pair["candidate_path"] == "photo.jpg"
+
+    r = CliRunner().invoke(cli, ["-w", str(ws.root), "dups", "--uncertain"])
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.stdout.splitlines()[1:] if line]
+    assert len(rows) == 1 and rows[0].startswith("cand,photo.jpg"), r.stdout
+    assert "1 more" in r.stderr and "--include-moot" in r.stderr
+    r = CliRunner().invoke(cli, ["-w", str(ws.root), "dups", "--uncertain", "--include-moot"])
+    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 3, r.stdout
+
+    # a person says the verified duplicate is not one: the moot pair is open again
+    record_decisions(catalog, [Decision("cand/ramp_dark.png", "ref/ramp.png", "distinct")])
+    out = rerun(catalog)
+    assert (out.summary["uncertain"], out.summary["uncertain_open"]) == (2, 2)
+    assert len(catalog.findings("uncertain", open_only=True)) == 2
+
+
 def test_a_duplicate_decision_adds_a_pair_the_search_missed(decided_workspace):
     from blurset.pipeline.stages.dedup.run import Decision, record_decisions
     _ws, catalog = decided_workspace

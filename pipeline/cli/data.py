@@ -126,7 +126,8 @@ def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | No
     click.echo(f"dedup against {reference}: {s.candidate_images} candidate images checked "
                f"against {s.reference_images} reference images; {s.duplicates} duplicate pairs "
                f"({methods}), {s.rejected_lookalikes} look-alikes rejected by verification, "
-               f"{s.uncertain} uncertain pairs left to a person (`blurset dups --uncertain`), "
+               f"{s.uncertain} uncertain pairs, {s.uncertain_open} of them left to a person "
+               f"(`blurset dups --uncertain`; the others' candidate is a duplicate already), "
                f"{s.decided} set by people's decisions; {s.excluded_paths} candidate paths "
                f"excluded.")
 
@@ -164,15 +165,25 @@ def decide(c: Ctx, candidate: str | None, reference: str | None, decision: str |
               help="List the look-alikes that verification rejected instead.")
 @click.option("--uncertain", "which", flag_value="uncertain",
               help="List the pairs left to a person instead (decide them with "
-                   "`blurset dedup decide`).")
+                   "`blurset dedup decide`): those whose candidate is still kept.")
+@click.option("--include-moot", is_flag=True,
+              help="With --uncertain: also the uncertain pairs whose candidate a verified "
+                   "duplicate already excludes (no decision on them changes what is kept).")
 @pass_ctx
-def dups(c: Ctx, fmt: str, sheet: Path | None, which: str | None) -> None:
+def dups(c: Ctx, fmt: str, sheet: Path | None, which: str | None, include_moot: bool) -> None:
     """Print the duplicate pairs found by the last dedup run."""
     from blurset.pipeline.stages.dedup.run import contact_sheet, report
+    if include_moot and which != "uncertain":
+        raise click.UsageError("--include-moot goes with --uncertain")
     catalog = c.existing_ws.catalog()
     kind = which or "duplicate"
-    found = catalog.findings(kind)
+    found = catalog.findings(kind, open_only=kind == "uncertain" and not include_moot)
     click.echo(report(found, fmt), nl=False)
+    if kind == "uncertain" and not include_moot:
+        moot = len(catalog.findings(kind)) - len(found)
+        if moot:
+            click.echo(f"{moot} more uncertain pair(s) are moot: their candidate is excluded as "
+                       "a verified duplicate already (list them with --include-moot)", err=True)
     if sheet:
         out = contact_sheet(catalog, c.ws.objects, found, sheet, kind=kind)
         click.echo(f"contact sheet: {out.resolve()}", err=True)

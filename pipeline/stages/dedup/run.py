@@ -144,6 +144,9 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
         "duplicates": sum(by_method.values()),
         "rejected_lookalikes": sum(1 for f in findings if f["verdict"] == "rejected"),
         "uncertain": sum(1 for f in findings if f["verdict"] == "uncertain"),
+        # the uncertain pairs a person's decision would change: their candidate is still kept
+        "uncertain_open": sum(1 for f in findings if f["verdict"] == "uncertain"
+                              and (f["candidate_source"], f["candidate_path"]) not in exclusions),
         "decided": sum(1 for f in findings if f["decided"] is not None),
         "excluded_paths": len(exclusions),
         "excluded_as_reference_duplicates": sum(1 for r in exclusions.values() if "of reference" in r),
@@ -186,7 +189,7 @@ def contact_sheet(catalog: Catalog, store: ObjectStore, findings: Sequence[dict]
             row = catalog.image(f[key])
             if row is None:
                 continue
-            with Image.open(store.root / row["object_path"]) as im:
+            with Image.open(io.BytesIO(store.read(row["object_path"]))) as im:
                 im = ImageOps.exif_transpose(im).convert("RGB")
                 im.thumbnail((tile, tile))
                 sheet.paste(im, (pad + j * (tile + pad), y))
