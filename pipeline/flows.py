@@ -29,8 +29,8 @@ from blurset.pipeline.stages.dedup import run as dedup_stage
 from blurset.pipeline.stages.ingest import (
     DEFAULT_MAX_PIXELS,
     BatchResult,
-    bind_source,
     Store,
+    bind_source,
     ingest_batch,
     items_to_ingest,
     quarantine_orphans,
