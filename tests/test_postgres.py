@@ -100,6 +100,23 @@ def test_a_server_that_is_down_is_one_line_naming_host_and_port(tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+def test_a_flow_verb_reports_a_server_that_is_down_before_prefect_starts(tmp_path, monkeypatch):
+    """dedup runs a Prefect flow: the catalog is tried first, before Prefect is set up."""
+    from blurset.pipeline.cli import context
+
+    def prefect_started() -> None:
+        raise AssertionError("Prefect was set up before the catalog was tried")
+
+    monkeypatch.setattr(context, "migrate_prefect_once", prefect_started)
+    port = free_port()
+    ws = tmp_path / "ws"
+    r = blurset("-w", str(ws), "--catalog-url", f"postgresql://team@127.0.0.1:{port}/blurset",
+                "dedup", "--reference", "cuhk")
+    assert r.exit_code == 1, r.output
+    (line,) = error_lines(r.output)
+    assert line.startswith(f"Error: cannot reach the catalog database at 127.0.0.1:{port}")
+
+
 def test_the_unreachable_error_is_a_service_error_and_a_connection_error():
     with pytest.raises(CatalogUnreachableError) as e:
         Catalog(f"postgresql://u@127.0.0.1:{free_port()}/db")

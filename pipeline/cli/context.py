@@ -293,6 +293,9 @@ class Ctx:
         """``blurset.pipeline.flows``, imported on first use (Prefect takes seconds to import),
         after Prefect's settings are in place; its flows configured by the global options."""
         _ = self.ws  # sets Prefect's environment before the import
+        # A catalog that cannot be opened (server down, driver missing) is one line now, not
+        # after Prefect's server has started (tens of seconds) inside the flow.
+        self.ws.catalog().close()
         runner = dask_task_runner(self.dask_address) if self.dask_address else None
         from blurset.pipeline import flows
         _EXPECTED_FILTER.install(quiet=not self.verbose)
