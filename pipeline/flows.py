@@ -83,6 +83,7 @@ class DedupSummary:
     uncertain_open: int = 0  # of those, the ones whose candidate is still kept: a person's
     # decision changes what is kept (the others' candidate is a verified duplicate already)
     decided: int = 0  # findings whose verdict a person's decision set
+    index: str = "flat"  # the search's index; "blocks" above 5 bits may miss far pairs
 
     @classmethod
     def of(cls, summary: dict) -> DedupSummary:
@@ -221,7 +222,7 @@ def _dask_executor() -> Executor | None:
 
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
-               show_progress: bool) -> dedup_stage.DedupOutcome:
+               show_progress: bool, index: str = "auto") -> dedup_stage.DedupOutcome:
     catalog = Catalog(catalog_url)
     steps = _Bar(show_progress, desc="dedup (search, then verify pairs)", unit="step")
 
@@ -232,7 +233,7 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
 
     try:
         return dedup_stage.run_dedup(catalog, reference, threshold, progress,
-                                     executor=_dask_executor())
+                                     executor=_dask_executor(), index=index)
     finally:
         steps.close()
         catalog.close()
@@ -241,14 +242,16 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
 @flow(name="dedup")
 def dedup_flow(workspace: Path, reference: str, *, threshold: int | None = None,
                catalog_url: str | None = None, objects_url: str | None = None,
-               show_progress: bool = True) -> DedupSummary:
+               index: str = "auto", show_progress: bool = True) -> DedupSummary:
     """Check every candidate against the reference source and the other candidates; on a Dask
-    task runner, the pairs are verified on its cluster."""
+    task runner, the pairs are verified on its cluster. ``index``: the search's (``auto``,
+    ``flat``: exact, ``blocks``: exact within 5 bits)."""
     ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
-    outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress)
+    outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress, index)
     catalog = ws.catalog()
     try:
-        catalog.replace_findings(reference, threshold, {"threshold": threshold}, outcome.summary,
+        catalog.replace_findings(reference, threshold, {"threshold": threshold, "index": index},
+                                 outcome.summary,
                                  outcome.findings, outcome.exclusions)
         in_quarantine = len(catalog.quarantined())
     finally:

@@ -62,6 +62,15 @@ def test_ingest_dedup_report_on_the_sample(prefect_harness, sample, tmp_path):
         else:
             assert key not in got, (key, got.get(key))
 
+    # the search's index is the user's choice; the approximate one says so
+    from blurset.pipeline.workspace import Workspace
+    assert "block index" not in out
+    r = CliRunner().invoke(cli, ["-w", str(ws), "dedup", "--reference", "cuhk", "--index", "blocks"])
+    assert r.exit_code == 0 and "block index, exact within 5 bits" in r.stderr, r.output
+    catalog = Workspace.open(ws).catalog()
+    assert json.loads(catalog.last_dedup_run()["summary"])["index"] == "blocks"
+    assert json.loads(catalog.last_dedup_run()["params"])["index"] == "blocks"
+
 
 def test_rerun_is_idempotent_and_a_killed_run_resumes(prefect_harness, sample, tmp_path, monkeypatch):
     from blurset.pipeline import flows

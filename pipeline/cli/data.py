@@ -109,9 +109,15 @@ def _report_skipped(skipped: dict[str, str], missing: list[str], shown: int = 20
 @click.option("--threshold", type=click.IntRange(0, 32), default=None,
               help="Hamming distance (0-32 bits of the 64-bit hash) for hash candidates "
                    "(default: the method's own).")
+@click.option("--index", type=click.Choice(["auto", "flat", "blocks"]), default="auto",
+              show_default=True,
+              help="The search's index: flat (exhaustive, exact), blocks (exact within 5 bits, "
+                   "misses some pairs farther apart; about 170x faster at 10^6 images), auto "
+                   "(flat up to 10^5 images, blocks above).")
 @pass_ctx
 @click.pass_context
-def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | None) -> None:
+def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | None,
+          index: str) -> None:
     """Find candidates that duplicate the reference source or each other; exclude them.
 
     `dedup decide` records a person's decision on a pair instead (applied by every later run).
@@ -121,7 +127,7 @@ def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | No
     if reference is None:
         raise click.UsageError("Missing option '--reference' (or give a subcommand: decide).")
     s = c.flows.dedup_flow(c.ws.root, reference, threshold=threshold,
-                           catalog_url=c.ws.catalog_url)
+                           catalog_url=c.ws.catalog_url, index=index)
     methods = ", ".join(f"{k}: {v}" for k, v in s.by_method.items()) or "none"
     click.echo(f"dedup against {reference}: {s.candidate_images} candidate images checked "
                f"against {s.reference_images} reference images; {s.duplicates} duplicate pairs "
@@ -130,6 +136,12 @@ def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | No
                f"(`blurset dups --uncertain`; the others' candidate is a duplicate already), "
                f"{s.decided} set by people's decisions; {s.excluded_paths} candidate paths "
                f"excluded.")
+    from blurset.pipeline.stages.dedup.search import BLOCK_EXACT_RADIUS, DEFAULT_THRESHOLD
+    radius = DEFAULT_THRESHOLD if threshold is None else threshold
+    if s.index == "blocks" and radius > BLOCK_EXACT_RADIUS:
+        click.echo("note: the search used the block index, exact within 5 bits only: pairs "
+                   "6 or more bits apart may be missed (--index flat for the exhaustive search)",
+                   err=True)
 
 
 @dedup.command(name="decide")

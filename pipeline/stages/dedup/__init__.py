@@ -61,6 +61,7 @@ def find_duplicates(
     bars: verify.Bars = verify.BARS,
     workers: int | None = None,
     executor: Executor | None = None,
+    index: str = "auto",
 ) -> list[Match]:
     """Every candidate against every reference and every other candidate.
 
@@ -72,6 +73,8 @@ def find_duplicates(
     one per 4,000 pairs at most: the verdicts are the same whatever the number). An
     ``executor`` (``concurrent.futures``, e.g. a Dask cluster's ``client.get_executor()``)
     verifies them instead, in chunks that each carry the thumbs they need: the same verdicts.
+    ``index`` is the search's (:func:`search.resolve_index`): ``flat`` is exhaustive and exact,
+    ``blocks`` exact only within 5 bits, ``auto`` takes ``blocks`` above 10^5 images.
     """
     threshold = search.DEFAULT_THRESHOLD if threshold is None else int(threshold)
     if not 0 <= threshold <= 32:
@@ -90,7 +93,7 @@ def find_duplicates(
         if progress is not None:
             progress(done, n)
 
-    pairs = search.search_pairs(thumbs, stored, n_ref, threshold, searched)
+    pairs = search.search_pairs(thumbs, stored, n_ref, threshold, searched, index=index)
     ordered = sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
     jobs = [(earlier, later, search.initialisations(hits)) for (earlier, later), hits in ordered]
     chromas = [r.hashes.chroma for r in records]
@@ -107,8 +110,8 @@ def find_duplicates(
     else:
         verdicts = _verify_in_processes(thumbs, chromas, jobs, bars, workers, verified)
     matches: list[Match] = []
-    for (earlier, later, inits), (index, verdict) in zip(jobs, verdicts, strict=True):
-        best = inits[index]
+    for (earlier, later, inits), (tried, verdict) in zip(jobs, verdicts, strict=True):
+        best = inits[tried]
         suffix = _SUFFIX.get(verdict.evidence, "+" + verdict.evidence)
         matches.append(Match(candidate=keys[later], reference=keys[earlier],
                              distance=best.distance, method=search.method(best) + suffix,

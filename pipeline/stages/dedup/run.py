@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageOps
 from blurset.errors import InputError, NotFoundError
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.stages.dedup import HashRecord, Match, find_duplicates
+from blurset.pipeline.stages.dedup.search import DEFAULT_THRESHOLD, resolve_index
 from blurset.pipeline.stages.hashing import ImageHashes
 from blurset.pipeline.store import ObjectStore
 
@@ -59,7 +60,7 @@ def _order_sources(catalog: Catalog) -> list[str]:
 
 def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
               progress: Callable[[int, int], None] | None = None, *,
-              executor: Executor | None = None) -> DedupOutcome:
+              executor: Executor | None = None, index: str = "auto") -> DedupOutcome:
     """Find every candidate path that duplicates the reference source or another candidate;
     ``executor`` (e.g. a Dask cluster's) verifies the pairs instead of local processes."""
     order = _order_sources(catalog)
@@ -112,7 +113,7 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
     matches: list[Match] = find_duplicates(
         [HashRecord(i, hashes_by_id[i]) for i in ref_ids],
         [HashRecord(i, hashes_by_id[i]) for i in cand_ids],
-        threshold=threshold, progress=progress, executor=executor)
+        threshold=threshold, progress=progress, executor=executor, index=index)
     # A person's decision overrides the verifier, and adds a pair the search did not find.
     decided = catalog.decisions()
     position = {image_id: i for i, image_id in enumerate([*ref_ids, *cand_ids])}
@@ -151,6 +152,9 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
         "excluded_paths": len(exclusions),
         "excluded_as_reference_duplicates": sum(1 for r in exclusions.values() if "of reference" in r),
         "by_method": dict(sorted(by_method.items())),
+        # the search's index: "blocks" at a radius above 5 bits may miss pairs 6+ bits apart
+        "index": resolve_index(index, len(ref_ids) + len(cand_ids),
+                               DEFAULT_THRESHOLD if threshold is None else threshold),
     }
     return DedupOutcome(findings, exclusions, summary)
 
