@@ -96,7 +96,7 @@ def unique_in_order(paths: Iterable[str], ids: dict[str, str], taken: set[str]) 
 
 
 def run_ours(sample: Sample, refs: list[str], cands: list[str],
-             threshold: int | None) -> tuple[list, float, float]:
+             threshold: int | None, index: str = "auto") -> tuple[list, float, float]:
     """Our matches (both verdicts), hashing and dedup seconds."""
     from PIL import Image
 
@@ -112,7 +112,7 @@ def run_ours(sample: Sample, refs: list[str], cands: list[str],
                 records[p] = HashRecord(p, hash_opened(im))
     hashed = time.perf_counter()
     matches = find_duplicates([records[p] for p in refs], [records[p] for p in cands],
-                              threshold=threshold)
+                              threshold=threshold, index=index)
     return matches, hashed - start, time.perf_counter() - hashed
 
 
@@ -248,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--set real: the folder scripts/fetch_photos.sh wrote")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated set")
     parser.add_argument("--threshold", type=int, default=None, help="our search radius")
+    parser.add_argument("--index", choices=("auto", "flat", "blocks"), default="auto",
+                        help="our search's index (blocks: exact within 5 bits only)")
     parser.add_argument("--show-misses", action="store_true", help="list the pairs we missed")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="blurset-dedupbench-") as tmp:
@@ -260,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         taken: set[str] = set()
         refs = unique_in_order(sample.refs, ids, taken)
         cands = unique_in_order(sample.cands, ids, taken)
-        matches, t_hash, t_dedup = run_ours(sample, refs, cands, args.threshold)
+        matches, t_hash, t_dedup = run_ours(sample, refs, cands, args.threshold, args.index)
         their_pairs, t_theirs = run_imagededup(sample, refs, cands)
     ours_pairs = {Pair((m.candidate, m.reference)) for m in matches if m.verdict == "duplicate"}
     ours = score(sample, ids, ours_pairs)
@@ -280,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"false_pairs={sum(ours.false_positives.values())} "
           f"smooth_false_pairs={smooth_false} "
           f"imagededup_recall={theirs.recall:.3f} imagededup_precision={theirs.precision:.3f} "
-          f"pairs={len(sample.expected)} dedup_s={t_dedup:.1f}")
+          f"pairs={len(sample.expected)} dedup_s={t_dedup:.1f} index={args.index}")
     return 0
 
 
