@@ -122,11 +122,7 @@ class RemoteObjectStore:
 
     @cached_property
     def _fs_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        try:
-            fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        except (ImportError, ValueError) as e:
-            raise ObjectStoreError(f"cannot open the object store {self.url}: {e}") from e
-        return fs, path.rstrip("/")
+        return url_fs(self.url, self.storage_options, ObjectStoreError, "the object store")
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -198,6 +194,17 @@ class RemoteObjectStore:
                                            f"{data}") from data
                 atomic_write(store.root / rel, data, mode=0o444)
         return store
+
+
+def url_fs(url: str, storage_options: tuple[tuple[str, object], ...],
+           error: type[Exception], what: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's file system and path for ``url`` (no trailing slash); a protocol fsspec does
+    not know, or whose package is missing, is ``error`` naming ``what`` and the URL."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options))
+    except (ImportError, ValueError) as e:
+        raise error(f"cannot open {what} {url}: {e}") from e
+    return fs, path.rstrip("/")
 
 
 def open_store(location: str | Path, storage_options: dict | None = None

@@ -6,20 +6,5 @@ set -euo pipefail
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    SUDO="sudo -n"
-  else
-    echo "install_browser.sh: not root and no passwordless sudo: cannot apt-get install chromium chromium-driver" >&2
-    exit 2
-  fi
-fi
-if ! command -v apt-get >/dev/null; then
-  echo "install_browser.sh: no apt-get on this machine: install chromium and chromedriver yourself" >&2
-  exit 2
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+bash "$(dirname "$0")/apt_install.sh" install_browser.sh chromium chromium-driver
 test -x /usr/bin/chromium && test -x /usr/bin/chromedriver

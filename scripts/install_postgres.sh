@@ -15,20 +15,5 @@ have_binaries() {
 if have_binaries; then
   exit 0
 fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    SUDO="sudo -n"
-  else
-    echo "install_postgres.sh: not root and no passwordless sudo: cannot apt-get install postgresql" >&2
-    exit 2
-  fi
-fi
-if ! command -v apt-get >/dev/null; then
-  echo "install_postgres.sh: no apt-get on this machine: install PostgreSQL (initdb, pg_ctl) yourself" >&2
-  exit 2
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+bash "$(dirname "$0")/apt_install.sh" install_postgres.sh postgresql
 have_binaries

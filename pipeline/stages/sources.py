@@ -30,7 +30,7 @@ from typing import ClassVar, Literal
 import fsspec
 
 from blurset.errors import InputError, ServiceError
-from blurset.pipeline.store import is_url, local_path
+from blurset.pipeline.store import is_url, local_path, url_fs
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 MaskKind = Literal["blur", "saliency"]
@@ -56,11 +56,7 @@ class RemoteSource:
 
     @cached_property
     def _fs_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        try:
-            fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        except (ImportError, ValueError) as e:
-            raise SourceUnreachable(f"cannot open the source {self.url}: {e}") from e
-        return fs, path.rstrip("/")
+        return url_fs(self.url, self.storage_options, SourceUnreachable, "the source")
 
     @property
     def base(self) -> PurePosixPath:
