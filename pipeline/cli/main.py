@@ -31,7 +31,8 @@ class BlursetGroup(click.Group):
               help="Workspace folder (catalog, objects, quarantine). "
                    "Default: $BLURSET_WORKSPACE or ./workspace")
 @click.option("--catalog-url",
-              help="SQLAlchemy URL of the catalog. Default: $BLURSET_CATALOG_URL or SQLite in "
+              help="SQLAlchemy URL of the catalog (postgresql://… for a team's). Default: "
+                   "$BLURSET_CATALOG_URL, else the one the workspace remembers, else SQLite in "
                    "the workspace.")
 @click.option("--objects-url", envvar="BLURSET_OBJECTS_URL",
               help="Where the object store lives (e.g. s3://bucket/prefix). Default: "
