@@ -1,0 +1,112 @@
+"""Ingest and dedup of a pool of similar real photographs, end to end through the CLI.
+
+    python benchmarks/dedup_pool.py [--n 10000] [--photos DIR] [--dir DIR] [--seed S]
+                                    [--index auto|flat|blocks]
+
+Issue 15's pool: ``--n`` 640×480 JPEGs cut from 15 real photographs at random positions and
+scales (overlapping crops, as burst shots or video frames give: a pool where the search proposes
+many pairs), plus a reference source of 100 crops of 5 other photographs. Photos: those
+``scripts/fetch_photos.sh`` unpacked (``benchmarks/realphotos.py``'s list). Each stage is the
+real ``blurset`` command in its own process (Prefect's ephemeral server included, as a user
+runs it): ingest of the reference, ingest of the pool, ``dedup --reference ref``. Printed: each
+stage's wall seconds, the children's peak RSS, the pairs verified and the verdicts, and the
+dedup time and pairs per second against the issue's measurement on the same kind of pool
+(345 s for 134,720 pairs, main before issue 15; named, not re-run: that pool was cut from other
+photos, so its pair count differs). The last line is ``RESULT n=… ingest_s=… dedup_s=… pairs=…
+duplicates=… rejected=… uncertain=… peak_gb=… … pairs_per_s=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realphotos import default_photos_dir, load_photos
+
+ISSUE_DEDUP_S = 345.0  # issue 15: 10^4 such JPEGs from 15 photos, dedup on main before it,
+ISSUE_PAIRS = 134_720  # ... with this many pairs proposed by the search
+SIZE = (640, 480)
+
+
+def write_pool(dest: Path, photos: list[tuple[str, Image.Image]], n: int, seed: int) -> None:
+    """``n`` crops of the first 15 photos into dest/pool, 100 of the next 5 into dest/ref."""
+    rng = np.random.default_rng(seed)
+    pool, ref = photos[:15], photos[15:20]
+    for folder, chosen, count in (("pool", pool, n), ("ref", ref, 100)):
+        out = dest / folder
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            _name, im = chosen[i % len(chosen)]
+            scale = rng.uniform(0.45, 1.0)  # the crop's share of the photo's shorter fit
+            w = int(min(im.width, im.height * 4 / 3) * scale)
+            h = int(w * 3 / 4)
+            x = int(rng.integers(0, im.width - w + 1))
+            y = int(rng.integers(0, im.height - h + 1))
+            crop = im.crop((x, y, x + w, y + h)).resize(SIZE, Image.Resampling.LANCZOS)
+            crop.save(out / f"{i:06d}.jpg", quality=int(rng.integers(80, 96)))
+
+
+def blurset(ws: Path, *args: str) -> float:
+    start = time.perf_counter()
+    with open(ws.parent / f"{ws.name}.log", "a") as log:  # the command's output and progress
+        subprocess.run([sys.executable, "-m", "blurset.pipeline.cli.main", "-w", str(ws), *args],
+                       check=True, stdout=log, stderr=log)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="images in the pool")
+    parser.add_argument("--photos", type=Path, default=None, help="scripts/fetch_photos.sh's folder")
+    parser.add_argument("--dir", type=Path, default=Path("build/dedup_pool"),
+                        help="where the pool and the workspace are written (reused)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index", choices=("auto", "flat", "blocks"), default="auto")
+    args = parser.parse_args(argv)
+    photos = load_photos(args.photos or default_photos_dir())
+    if len(photos) < 20:
+        parser.error(f"need 20 photos, found {len(photos)}: run scripts/fetch_photos.sh")
+    data = args.dir / f"n{args.n}-s{args.seed}"
+    if not (data / "pool" / f"{args.n - 1:06d}.jpg").exists():
+        t = time.perf_counter()
+        write_pool(data, photos, args.n, args.seed)
+        print(f"pool written: {args.n} + 100 JPEGs in {time.perf_counter() - t:.1f} s")
+    ws = data / f"ws-{time.strftime('%Y%m%d-%H%M%S')}"
+    t_ref = blurset(ws, "ingest", "--kind", "folder", "--name", "ref", str(data / "ref"))
+    t_pool = blurset(ws, "ingest", "--kind", "folder", "--name", "pool", str(data / "pool"))
+    t_dedup = blurset(ws, "dedup", "--reference", "ref", "--index", args.index)
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    with sqlite3.connect(ws / "catalog.sqlite") as db:
+        verdicts = dict(db.execute("SELECT verdict, count(*) FROM duplicate_findings "
+                                   "WHERE method != 'sha256' GROUP BY verdict").fetchall())
+        summary = json.loads(db.execute("SELECT summary FROM dedup_runs ORDER BY id DESC")
+                             .fetchone()[0])
+    pairs = sum(verdicts.values())
+    print(f"ingest: reference {t_ref:.1f} s, pool {t_pool:.1f} s; dedup {t_dedup:.1f} s "
+          f"({pairs} pairs verified: {verdicts}; index {summary.get('index')}); "
+          f"peak RSS of a stage {peak_gb:.2f} GB")
+    rate, issue_rate = pairs / t_dedup, ISSUE_PAIRS / ISSUE_DEDUP_S
+    print(f"dedup against the issue's measurement ({ISSUE_DEDUP_S:.0f} s for {ISSUE_PAIRS} "
+          f"pairs): {t_dedup / ISSUE_DEDUP_S:.2f}x the time, {rate:.0f} pairs/s against "
+          f"{issue_rate:.0f} ({rate / issue_rate:.2f}x)")
+    print(f"RESULT n={args.n} ingest_s={t_ref + t_pool:.1f} dedup_s={t_dedup:.1f} "
+          f"pairs={pairs} duplicates={verdicts.get('duplicate', 0)} "
+          f"rejected={verdicts.get('rejected', 0)} uncertain={verdicts.get('uncertain', 0)} "
+          f"peak_gb={peak_gb:.2f} index={summary.get('index')} "
+          f"dedup_vs_issue={t_dedup / ISSUE_DEDUP_S:.2f} pairs_per_s={rate:.0f} "
+          f"pairs_per_s_vs_issue={rate / issue_rate:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
