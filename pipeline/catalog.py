@@ -453,9 +453,8 @@ class Catalog:
                             f"TO {user}) or GRANT CREATE ON SCHEMA public TO {user}")
                 raise CatalogUnusableError(f"the catalog {shown} cannot be used: "
                                            f"{_one_line(cause)}{hint}") from e
-            where = self.engine.url.render_as_string(hide_password=True)
             raise CatalogUnusableError(
-                f"the catalog {self.engine.url.database or where} cannot be opened: "
+                f"the catalog {self.engine.url.database or shown} cannot be opened: "
                 f"{cause}. If the disk is full, free space; if the file "
                 "is damaged, restore it from a backup or move it away and ingest again (the "
                 "objects/ folder is kept)") from None

@@ -21,7 +21,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from blurset.errors import BlursetError, ServiceError
-from blurset.fileio import remove_stale_temps
 from blurset.names import slug, validate_name
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.release import ReleaseInfo, ReleaseSpec, build_release
@@ -83,7 +82,8 @@ class DedupSummary:
     uncertain_open: int = 0  # of those, the ones whose candidate is still kept: a person's
     # decision changes what is kept (the others' candidate is a verified duplicate already)
     decided: int = 0  # findings whose verdict a person's decision set
-    index: str = "flat"  # the search's index; "blocks" above 5 bits may miss far pairs
+    index: str = "flat"  # the search's index
+    search_exact: bool = True  # False: the block index beyond its exact radius (pairs may be missed)
 
     @classmethod
     def of(cls, summary: dict) -> DedupSummary:
@@ -139,8 +139,7 @@ def ingest_flow(workspace: Path, kind: str, name: str, path: str | Path, *, batc
     scan = scan_source(kind, root, exclude=[ws.root])
     objects, quarantine = ws.objects, ws.quarantine_store
     for store in (objects, quarantine):  # a killed run's partial files
-        if isinstance(store, ObjectStore):
-            remove_stale_temps(store.root, depth=1)
+        store.remove_stale_temps()
     catalog = ws.catalog()
     try:
         # SourceConflictError / SourceRootMismatch: nothing written

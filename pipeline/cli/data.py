@@ -136,9 +136,7 @@ def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | No
                f"(`blurset dups --uncertain`; the others' candidate is a duplicate already), "
                f"{s.decided} set by people's decisions; {s.excluded_paths} candidate paths "
                f"excluded.")
-    from blurset.pipeline.stages.dedup.search import BLOCK_EXACT_RADIUS, DEFAULT_THRESHOLD
-    radius = DEFAULT_THRESHOLD if threshold is None else threshold
-    if s.index == "blocks" and radius > BLOCK_EXACT_RADIUS:
+    if not s.search_exact:
         click.echo("note: the search used the block index, exact within 5 bits only: pairs "
                    "6 or more bits apart may be missed (--index flat for the exhaustive search)",
                    err=True)

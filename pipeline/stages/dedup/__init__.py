@@ -130,8 +130,7 @@ def _workers(asked: int | None, jobs: int) -> int:
         if asked < 1:
             raise ValueError(f"workers must be at least 1, got {asked}")
         return min(asked, max(1, jobs))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, jobs // _PAIRS_PER_WORKER))
+    return max(1, min(search.usable_cores(), jobs // _PAIRS_PER_WORKER))
 
 
 def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageOps
 from blurset.errors import InputError, NotFoundError
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.stages.dedup import HashRecord, Match, find_duplicates
-from blurset.pipeline.stages.dedup.search import DEFAULT_THRESHOLD, resolve_index
+from blurset.pipeline.stages.dedup.search import DEFAULT_THRESHOLD, is_exact, resolve_index
 from blurset.pipeline.stages.hashing import ImageHashes
 from blurset.pipeline.store import ObjectStore
 
@@ -152,10 +152,11 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
         "excluded_paths": len(exclusions),
         "excluded_as_reference_duplicates": sum(1 for r in exclusions.values() if "of reference" in r),
         "by_method": dict(sorted(by_method.items())),
-        # the search's index: "blocks" at a radius above 5 bits may miss pairs 6+ bits apart
-        "index": resolve_index(index, len(ref_ids) + len(cand_ids),
-                               DEFAULT_THRESHOLD if threshold is None else threshold),
     }
+    radius = DEFAULT_THRESHOLD if threshold is None else threshold
+    summary["index"] = resolve_index(index, len(ref_ids) + len(cand_ids), radius)
+    # False: the block index beyond its exact radius may have missed pairs far apart
+    summary["search_exact"] = is_exact(summary["index"], radius)
     return DedupOutcome(findings, exclusions, summary)
 
 

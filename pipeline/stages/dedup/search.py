@@ -311,7 +311,7 @@ def _block_search(queries: np.ndarray, database: np.ndarray, threshold: int,
 
     starts = range(0, n, block)
     parts: list[tuple[np.ndarray, ...]] = []
-    with ThreadPoolExecutor(min(_cores(), max(1, len(starts)))) as pool:
+    with ThreadPoolExecutor(min(usable_cores(), max(1, len(starts)))) as pool:
         for start, part in zip(starts, pool.map(chunk, starts), strict=True):
             parts.append(part)
             if progress is not None:
@@ -321,7 +321,7 @@ def _block_search(queries: np.ndarray, database: np.ndarray, threshold: int,
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
 
 
-def _cores() -> int:
+def usable_cores() -> int:
     """Cores this process may use."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -399,6 +399,11 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
         return (*(np.zeros(0, np.int64) for _ in range(4)), np.zeros(0, bool))
     columns = [np.concatenate(col) for col in zip(*found, strict=True)]
     return (*columns, np.concatenate(band))
+
+
+def is_exact(resolved: str, threshold: int) -> bool:
+    """Whether the ``flat`` or ``blocks`` search finds every pair within ``threshold`` bits."""
+    return resolved == "flat" or threshold <= BLOCK_EXACT_RADIUS
 
 
 def resolve_index(index: str, n: int, threshold: int) -> str:
