@@ -84,6 +84,9 @@ class DedupSummary:
     decided: int = 0  # findings whose verdict a person's decision set
     index: str = "flat"  # the search's index
     search_exact: bool = True  # False: the block index beyond its exact radius (pairs may be missed)
+    verify: str = "all"  # "first": each candidate's pairs verified until its first duplicate
+    pairs_proposed: int = 0  # pairs the search found between distinct contents
+    pairs_verified: int = 0  # of those, the pairs verified (all of them unless verify="first")
 
     @classmethod
     def of(cls, summary: dict) -> DedupSummary:
@@ -221,7 +224,8 @@ def _dask_executor() -> Executor | None:
 
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(catalog_url: str, reference: str, threshold: int | None,
-               show_progress: bool, index: str = "auto") -> dedup_stage.DedupOutcome:
+               show_progress: bool, index: str = "auto",
+               verify: str = "all") -> dedup_stage.DedupOutcome:
     catalog = Catalog(catalog_url)
     steps = _Bar(show_progress, desc="dedup (search, then verify pairs)", unit="step")
 
@@ -232,7 +236,7 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
 
     try:
         return dedup_stage.run_dedup(catalog, reference, threshold, progress,
-                                     executor=_dask_executor(), index=index)
+                                     executor=_dask_executor(), index=index, verify=verify)
     finally:
         steps.close()
         catalog.close()
@@ -241,15 +245,18 @@ def dedup_task(catalog_url: str, reference: str, threshold: int | None,
 @flow(name="dedup")
 def dedup_flow(workspace: Path, reference: str, *, threshold: int | None = None,
                catalog_url: str | None = None, objects_url: str | None = None,
-               index: str = "auto", show_progress: bool = True) -> DedupSummary:
+               index: str = "auto", verify: str = "all",
+               show_progress: bool = True) -> DedupSummary:
     """Check every candidate against the reference source and the other candidates; on a Dask
     task runner, the pairs are verified on its cluster. ``index``: the search's (``auto``,
-    ``flat``: exact, ``blocks``: exact within 5 bits)."""
+    ``flat``: exact, ``blocks``: exact within 5 bits). ``verify``: ``all`` pairs found, or
+    each candidate's until its ``first`` duplicate (the same paths excluded, faster)."""
     ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
-    outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress, index)
+    outcome = dedup_task(ws.catalog_url, reference, threshold, show_progress, index, verify)
     catalog = ws.catalog()
     try:
-        catalog.replace_findings(reference, threshold, {"threshold": threshold, "index": index},
+        catalog.replace_findings(reference, threshold, {"threshold": threshold, "index": index,
+                                                             "verify": verify},
                                  outcome.summary,
                                  outcome.findings, outcome.exclusions)
         in_quarantine = len(catalog.quarantined())

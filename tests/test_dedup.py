@@ -21,7 +21,7 @@ from blurset.pipeline.demo.transforms import (
     parse_crop_name,
     photo_pool,
 )
-from blurset.pipeline.stages.dedup import HashRecord, Match, find_duplicates
+from blurset.pipeline.stages.dedup import HashRecord, Match, Matches, find_duplicates
 from blurset.pipeline.stages.dedup import search as dedup
 from blurset.pipeline.stages.dedup.verify import prepare
 from blurset.pipeline.stages.hashing import ImageHashes, hash_opened
@@ -281,6 +281,48 @@ def test_worker_processes_give_the_same_verdicts(case):
     assert find_duplicates(case.references, case.candidates, workers=2) == case.matches
 
 
+def excluded(matches, decided=None) -> set[str]:
+    """The candidates a duplicate excludes (a person's word, where given, instead)."""
+    decided = decided or {}
+    return {m.candidate for m in matches
+            if decided.get(tuple(sorted((m.candidate, m.reference))), m.verdict) == "duplicate"}
+
+
+def test_first_duplicate_verification_excludes_the_same_candidates(case):
+    first = find_duplicates(case.references, case.candidates, verify_pairs="first")
+    assert excluded(first) == excluded(case.matches)
+    assert first.proposed == case.matches.proposed == len(case.matches)
+    assert 0 < len(first) < len(case.matches) / 2, "the case no longer has pairs to skip"
+    by_pair = {(m.candidate, m.reference): m for m in case.matches}
+    assert all(by_pair[(m.candidate, m.reference)] == m for m in first)  # same verdicts
+    # each candidate's pairs stop at its first duplicate, references first
+    ref_keys = {r.key for r in case.references}
+    dups: dict[str, list[Match]] = {}
+    for m in first:
+        if m.verdict == "duplicate":
+            dups.setdefault(m.candidate, []).append(m)
+    for cand, ms in dups.items():
+        full = [m for m in case.matches if m.candidate == cand and m.verdict == "duplicate"]
+        if any(m.reference in ref_keys for m in full):
+            assert any(m.reference in ref_keys for m in ms), cand
+    assert find_duplicates(case.references, case.candidates, verify_pairs="first",
+                           workers=2) == first
+
+
+def test_first_duplicate_verification_goes_on_past_a_pair_a_person_called_distinct(case):
+    first = find_duplicates(case.references, case.candidates, verify_pairs="first")
+    m = next(m for m in first if m.verdict == "duplicate"
+             and sum(x.candidate == m.candidate and x.verdict == "duplicate"
+                     for x in case.matches) > 1)
+    decided = {tuple(sorted((m.candidate, m.reference))): "distinct"}
+    again = find_duplicates(case.references, case.candidates, verify_pairs="first",
+                            decided=decided)
+    assert excluded(again, decided) == excluded(case.matches, decided)
+    assert m.candidate in excluded(again, decided)  # by another pair, verified this time
+    with pytest.raises(ValueError, match="verify_pairs"):
+        find_duplicates(case.references, case.candidates, verify_pairs="some")
+
+
 RAMP = np.tile(np.linspace(60, 200, 320, dtype=np.float32), (240, 1))  # grey, left to right
 
 
@@ -362,7 +404,8 @@ def test_uncertain_pairs_are_kept_out_of_both_lists(decided_workspace, monkeypat
     _ws, catalog = decided_workspace
 
     def uncertain(refs, cands, **kw):
-        return [Match(cands[0].key, refs[0].key, 0, "phash+flat", 0.0, "uncertain")]
+        return Matches([Match(cands[0].key, refs[0].key, 0, "phash+flat", 0.0, "uncertain")],
+                       proposed=1)
 
     monkeypatch.setattr(stage, "find_duplicates", uncertain)
     out = rerun(catalog)
@@ -383,9 +426,10 @@ def test_only_open_uncertain_pairs_are_left_to_a_person(decided_workspace, monke
 
     def found(refs, cands, **kw):
         photo, dark = cands  # in input order: photo.jpg, ramp_dark.png
-        return [Match(dark.key, refs[0].key, 0, "phash+coarse", 0.9, "duplicate"),
-                Match(dark.key, photo.key, 10, "phash+flat", 0.8, "uncertain"),
-                Match(photo.key, refs[0].key, 12, "phash+flat", 0.7, "uncertain")]
+        return Matches([Match(dark.key, refs[0].key, 0, "phash+coarse", 0.9, "duplicate"),
+                        Match(dark.key, photo.key, 10, "phash+flat", 0.8, "uncertain"),
+                        Match(photo.key, refs[0].key, 12, "phash+flat", 0.7, "uncertain")],
+                       proposed=3)
 
     monkeypatch.setattr(stage, "find_duplicates", found)
     out = rerun(catalog)

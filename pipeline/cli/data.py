@@ -114,10 +114,15 @@ def _report_skipped(skipped: dict[str, str], missing: list[str], shown: int = 20
               help="The search's index: flat (exhaustive, exact), blocks (exact within 5 bits, "
                    "misses some pairs farther apart; about 170x faster at 10^6 images), auto "
                    "(flat up to 10^5 images, blocks above).")
+@click.option("--verify", "verify", type=click.Choice(["all", "first"]), default="all",
+              show_default=True,
+              help="Which pairs found are verified: all, or each candidate's until its first "
+                   "duplicate (the same paths excluded, far faster on pools of similar images; "
+                   "`blurset dups` then lists one duplicate per excluded path, not every pair).")
 @pass_ctx
 @click.pass_context
 def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | None,
-          index: str) -> None:
+          index: str, verify: str) -> None:
     """Find candidates that duplicate the reference source or each other; exclude them.
 
     `dedup decide` records a person's decision on a pair instead (applied by every later run).
@@ -127,7 +132,7 @@ def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | No
     if reference is None:
         raise click.UsageError("Missing option '--reference' (or give a subcommand: decide).")
     s = c.flows.dedup_flow(c.ws.root, reference, threshold=threshold,
-                           catalog_url=c.ws.catalog_url, index=index)
+                           catalog_url=c.ws.catalog_url, index=index, verify=verify)
     methods = ", ".join(f"{k}: {v}" for k, v in s.by_method.items()) or "none"
     click.echo(f"dedup against {reference}: {s.candidate_images} candidate images checked "
                f"against {s.reference_images} reference images; {s.duplicates} duplicate pairs "
@@ -136,6 +141,10 @@ def dedup(ctx: click.Context, c: Ctx, reference: str | None, threshold: int | No
                f"(`blurset dups --uncertain`; the others' candidate is a duplicate already), "
                f"{s.decided} set by people's decisions; {s.excluded_paths} candidate paths "
                f"excluded.")
+    if s.pairs_verified < s.pairs_proposed:
+        click.echo(f"note: {s.pairs_verified} of the {s.pairs_proposed} pairs found were "
+                   f"verified (--verify first: each candidate up to its first duplicate)",
+                   err=True)
     if not s.search_exact:
         click.echo("note: the search used the block index, exact within 5 bits only: pairs "
                    "6 or more bits apart may be missed (--index flat for the exhaustive search)",

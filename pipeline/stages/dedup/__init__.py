@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import cache
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
@@ -17,7 +19,11 @@ import numpy as np
 from blurset.pipeline.stages.dedup import search, verify
 from blurset.pipeline.stages.hashing import ImageHashes
 
-__all__ = ["HashRecord", "Match", "find_duplicates"]
+__all__ = ["VERIFY_MODES", "HashRecord", "Match", "Matches", "find_duplicates"]
+
+# Which of the pairs the search proposes are verified: ``all`` of them, or for each candidate
+# only ``first`` up to its first duplicate (the same candidates are excluded; fewer pairs listed).
+VERIFY_MODES = ("all", "first")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,15 @@ class Match:
     verdict: str
 
 
+class Matches(list[Match]):
+    """The verified pairs :func:`find_duplicates` returns; ``proposed``: how many pairs the
+    search found (more than were verified when only each candidate's first duplicate is)."""
+
+    def __init__(self, matches: Sequence[Match] = (), *, proposed: int = 0) -> None:
+        super().__init__(matches)
+        self.proposed = proposed
+
+
 _SUFFIX = {"fine": "+ecc"}
 
 
@@ -62,7 +77,9 @@ def find_duplicates(
     workers: int | None = None,
     executor: Executor | None = None,
     index: str = "auto",
-) -> list[Match]:
+    verify_pairs: str = "all",
+    decided: Mapping[tuple[str, str], str] | None = None,
+) -> Matches:
     """Every candidate against every reference and every other candidate.
 
     Returns one :class:`Match` per pair found by the search, verified: ``candidate`` is the
@@ -75,14 +92,23 @@ def find_duplicates(
     verifies them instead, in chunks that each carry the thumbs they need: the same verdicts.
     ``index`` is the search's (:func:`search.resolve_index`): ``flat`` is exhaustive and exact,
     ``blocks`` exact only within 5 bits, ``auto`` takes ``blocks`` above 10^5 images.
+
+    ``verify_pairs="first"`` verifies each candidate's pairs, references first and then
+    nearest first, only until one is a duplicate: every candidate with a duplicate still has
+    one (its exclusion is the same), the pairs after it are left unverified and unreported.
+    ``decided`` (sorted key pair → ``duplicate``/``distinct``, a person's word) then stands
+    for the verdict in that choice, so a pair a person called distinct never ends the search.
     """
     threshold = search.DEFAULT_THRESHOLD if threshold is None else int(threshold)
+    if verify_pairs not in VERIFY_MODES:
+        raise ValueError(f"verify_pairs must be one of {', '.join(VERIFY_MODES)}, "
+                         f"got {verify_pairs!r}")
     if not 0 <= threshold <= 32:
         raise ValueError(f"threshold must be a Hamming distance in 0…32, got {threshold}")
     records = [*references, *candidates]
     n_ref, n = len(references), len(references) + len(candidates)
     if not candidates or n < 2:
-        return []
+        return Matches()
     keys = [r.key for r in records]
     if len(set(keys)) != n:
         raise ValueError("record keys must be unique across references and candidates")
@@ -94,23 +120,26 @@ def find_duplicates(
             progress(done, n)
 
     pairs = search.search_pairs(thumbs, stored, n_ref, threshold, searched, index=index)
-    ordered = sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    jobs = [(earlier, later, search.initialisations(hits)) for (earlier, later), hits in ordered]
     chromas = [r.hashes.chroma for r in records]
 
     def verified(done: int) -> None:
         if progress is not None:
-            progress(n + done, n + len(jobs))
+            progress(n + done, n + len(pairs))
 
-    workers = _workers(workers, len(jobs))
-    if executor is not None:
-        verdicts = _verify_with(executor, thumbs, chromas, jobs, bars, verified)
-    elif workers == 1:
-        verdicts = _verify_jobs(thumbs, chromas, jobs, bars, verified)
-    else:
-        verdicts = _verify_in_processes(thumbs, chromas, jobs, bars, workers, verified)
-    matches: list[Match] = []
-    for (earlier, later, inits), (tried, verdict) in zip(jobs, verdicts, strict=True):
+    @cache
+    def job(p: int) -> Job:
+        return int(pairs.earlier[p]), int(pairs.later[p]), search.initialisations(pairs.hits(p))
+
+    with _verifier(thumbs, chromas, bars, _workers(workers, len(pairs)), executor) as run:
+        if verify_pairs == "all":
+            chosen = list(range(len(pairs)))
+            verdicts = run([job(p) for p in chosen], verified)
+        else:
+            chosen, verdicts = _until_first_duplicate(pairs, job, n_ref, keys, decided or {},
+                                                      run, verified)
+    matches = Matches(proposed=len(pairs))
+    for p, (tried, verdict) in zip(chosen, verdicts, strict=True):
+        earlier, later, inits = job(p)
         best = inits[tried]
         suffix = _SUFFIX.get(verdict.evidence, "+" + verdict.evidence)
         matches.append(Match(candidate=keys[later], reference=keys[earlier],
@@ -171,21 +200,84 @@ def _verify_chunk(jobs: list[tuple[int, int, list]]) -> list[tuple[int, verify.V
                         prepared=_SHARED["prepared"])
 
 
-def _verify_in_processes(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
-                         jobs: Sequence[tuple[int, int, list]], bars: verify.Bars, workers: int,
-                         progress: Callable[[int], None] | None) -> list[tuple[int, verify.Verdict]]:
-    """The same verdicts as :func:`_verify_jobs`, from ``workers`` processes (spawned: safe
+def _verify_in_pool(pool, workers: int, jobs: Sequence[Job],
+                    progress: Callable[[int], None] | None) -> list[tuple[int, verify.Verdict]]:
+    """The same verdicts as :func:`_verify_jobs`, from the processes of ``pool`` (spawned: safe
     beside the threads of a Prefect run). Each process prepares the thumbs its chunks need
-    once, in a cache of its own; chunks are contiguous runs of the pair order."""
-    chunks = [list(jobs[i:i + _CHUNK]) for i in range(0, len(jobs), _CHUNK)]
-    ctx = multiprocessing.get_context("spawn")
+    once, in a cache of its own; chunks are contiguous runs of the pair order, small enough
+    that every process gets some."""
+    size = max(1, min(_CHUNK, -(-len(jobs) // (4 * workers))))
+    chunks = [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
     out: list[tuple[int, verify.Verdict]] = []
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(thumbs, list(chromas), bars)) as pool:
-        for result in pool.imap(_verify_chunk, chunks):
-            out.extend(result)
-            if progress is not None:
-                progress(len(out))
+    for result in pool.imap(_verify_chunk, chunks):
+        out.extend(result)
+        if progress is not None:
+            progress(len(out))
     return out
+
+
+Job = tuple[int, int, list]  # (earlier image, later image, the hits to start aligning from)
+Verifier = Callable[[Sequence[Job], Callable[[int], None] | None],
+                    list[tuple[int, verify.Verdict]]]
+
+
+@contextmanager
+def _verifier(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None], bars: verify.Bars,
+              workers: int, executor: Executor | None) -> Iterator[Verifier]:
+    """A function verifying a list of jobs (verdicts in order): through ``executor``, in this
+    process, or in ``workers`` processes started once for all its calls."""
+    if executor is not None:
+        yield lambda jobs, progress: _verify_with(executor, thumbs, chromas, jobs, bars, progress)
+    elif workers == 1:
+        prepared: dict[tuple[int, bool], verify.Prepared] = {}
+        yield lambda jobs, progress: _verify_jobs(thumbs, chromas, jobs, bars, progress, prepared)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(workers, initializer=_init_worker,
+                      initargs=(thumbs, list(chromas), bars)) as pool:
+            yield lambda jobs, progress: _verify_in_pool(pool, workers, jobs, progress)
+
+
+_MAX_ROUND = 16  # pairs per candidate in a round of first-duplicate verification
+
+
+def _until_first_duplicate(pairs: search.PairHits, job: Callable[[int], Job], n_ref: int,
+                           keys: Sequence[str], decided: Mapping[tuple[str, str], str],
+                           run: Verifier, progress: Callable[[int], None] | None
+                           ) -> tuple[list[int], list[tuple[int, verify.Verdict]]]:
+    """The pairs verified (indices into ``pairs``, in order) and their verdicts, when each
+    candidate's pairs are verified only until one is a duplicate (``decided``: a person's word
+    instead of the verifier's). Each candidate's pairs go references first, then nearest
+    first; rounds take 1, 2, 4 … :data:`_MAX_ROUND` pairs of every candidate not yet settled,
+    all verified at once."""
+    earlier, later = pairs.earlier, pairs.later
+    order = np.lexsort((earlier, pairs.distance, earlier >= n_ref, later))
+    bounds = np.append(np.flatnonzero(np.diff(later[order])) + 1, len(order))
+    queues: dict[int, list[int]] = {}
+    start = 0
+    for end in bounds:  # per candidate: its pairs, the next to verify last (for pop())
+        queues[int(later[order[start]])] = [int(p) for p in order[start:end][::-1]]
+        start = end
+    results: dict[int, tuple[int, verify.Verdict]] = {}
+    take, done = 1, 0
+    while queues:
+        batch = [queues[c].pop() for c in sorted(queues) for _ in range(min(take, len(queues[c])))]
+        out = run([job(p) for p in batch],
+                  None if progress is None else (lambda k, done=done: progress(done + k)))
+        done += len(batch)
+        for p, result in zip(batch, out, strict=True):
+            results[p] = result
+            c = int(later[p])
+            word = decided.get(tuple(sorted((keys[int(earlier[p])], keys[c]))))
+            if (result[1].verdict if word is None else word) == "duplicate" and c in queues:
+                done += len(queues.pop(c))  # the rest of its pairs: left unverified
+        for c in [c for c, queue in queues.items() if not queue]:
+            del queues[c]
+        if progress is not None:
+            progress(done)
+        take = min(2 * take, _MAX_ROUND)
+    chosen = sorted(results)
+    return chosen, [results[p] for p in chosen]
 
 
 def _packed_chunk(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],

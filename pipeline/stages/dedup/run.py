@@ -60,9 +60,12 @@ def _order_sources(catalog: Catalog) -> list[str]:
 
 def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
               progress: Callable[[int, int], None] | None = None, *,
-              executor: Executor | None = None, index: str = "auto") -> DedupOutcome:
+              executor: Executor | None = None, index: str = "auto",
+              verify: str = "all") -> DedupOutcome:
     """Find every candidate path that duplicates the reference source or another candidate;
-    ``executor`` (e.g. a Dask cluster's) verifies the pairs instead of local processes."""
+    ``executor`` (e.g. a Dask cluster's) verifies the pairs instead of local processes.
+    ``verify="first"`` verifies each candidate's pairs only until its first duplicate (people's
+    decisions taken into account): the same paths are excluded, fewer pairs are listed."""
     order = _order_sources(catalog)
     if reference not in order:
         raise UnknownSourceError(
@@ -109,13 +112,15 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
             if p != anchor:
                 add(p, image_id, anchor, image_id, 0, "sha256", 1.0, "duplicate")
 
-    # Near duplicates among distinct contents.
+    # Near duplicates among distinct contents; a person's decision overrides the verifier.
+    decided = catalog.decisions()
     matches: list[Match] = find_duplicates(
         [HashRecord(i, hashes_by_id[i]) for i in ref_ids],
         [HashRecord(i, hashes_by_id[i]) for i in cand_ids],
-        threshold=threshold, progress=progress, executor=executor, index=index)
-    # A person's decision overrides the verifier, and adds a pair the search did not find.
-    decided = catalog.decisions()
+        threshold=threshold, progress=progress, executor=executor, index=index,
+        verify_pairs=verify, decided={pair: d["decision"] for pair, d in decided.items()})
+    proposed, verified = matches.proposed, len(matches)
+    # A person's "duplicate" adds a pair the search did not find.
     position = {image_id: i for i, image_id in enumerate([*ref_ids, *cand_ids])}
     found = {tuple(sorted((m.candidate, m.reference))) for m in matches}
     for (a, b), d in sorted(decided.items()):
@@ -157,6 +162,8 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
     summary["index"] = resolve_index(index, len(ref_ids) + len(cand_ids), radius)
     # False: the block index beyond its exact radius may have missed pairs far apart
     summary["search_exact"] = is_exact(summary["index"], radius)
+    # "first": each candidate's pairs verified until its first duplicate, the rest skipped
+    summary.update(verify=verify, pairs_proposed=proposed, pairs_verified=verified)
     return DedupOutcome(findings, exclusions, summary)
 
 

@@ -108,6 +108,9 @@ def _pack_hashes(coeffs: np.ndarray) -> np.ndarray:
     return bits.view(">u8")[..., 0].astype(np.uint64)
 
 
+_HASH_CHUNK = 256  # thumbs per matrix product (keeps the coefficients in cache)
+
+
 def variant_hashes(thumbs: np.ndarray) -> np.ndarray:
     """(N, side, side) uint8 thumbs → (N, 9, 18) uint64 phashes of every window and mirror.
 
@@ -117,13 +120,17 @@ def variant_hashes(thumbs: np.ndarray) -> np.ndarray:
     """
     rows, cols = _projections(thumbs.shape[-1])
     kv, k, side = rows.shape
-    n, kh = len(thumbs), cols.shape[0]
-    t = thumbs.astype(np.float32)
-    # Two matrix products (BLAS; einsum does not use it here and was 3× slower):
-    a = np.matmul(rows.reshape(kv * k, side), t)  # (N, Kv·8, side)
-    c = np.matmul(a, cols.reshape(kh * k, side).T)  # (N, Kv·8, 2Kh·8)
-    c = c.reshape(n, kv, k, kh, k).transpose(0, 1, 3, 2, 4)  # (N, Kv, 2Kh, 8, 8)
-    return _pack_hashes(np.ascontiguousarray(c).reshape(n, kv, kh, k * k))
+    kh = cols.shape[0]
+    rows2, cols2 = rows.reshape(kv * k, side), np.ascontiguousarray(cols.reshape(kh * k, side).T)
+    out = np.empty((len(thumbs), kv, kh), np.uint64)
+    for start in range(0, len(thumbs), _HASH_CHUNK):
+        t = thumbs[start:start + _HASH_CHUNK].astype(np.float32)
+        n = len(t)
+        # Two matrix products (BLAS; einsum does not use it here and was 3× slower):
+        c = np.matmul(np.matmul(rows2, t), cols2)  # (n, Kv·8, 2Kh·8)
+        c = c.reshape(n, kv, k, kh, k).transpose(0, 1, 3, 2, 4)  # (n, Kv, 2Kh, 8, 8)
+        out[start:start + n] = _pack_hashes(c.reshape(n, kv, kh, k * k))
+    return out
 
 
 def band_hashes(thumbs: np.ndarray) -> np.ndarray:
@@ -131,9 +138,14 @@ def band_hashes(thumbs: np.ndarray) -> np.ndarray:
     and without its bottom band (:data:`BAND_CUT` of the height; whole width)."""
     rows, _ = _band_projections(thumbs.shape[-1])
     _, cols = _projections(thumbs.shape[-1])
-    t = thumbs.astype(np.float32)
-    c = np.einsum("bkx,nxy,ly->nbkl", rows, t, cols[0])  # cols[0]: whole width, not mirrored
-    return _pack_hashes(c.reshape(c.shape[:2] + (HASH_SIDE * HASH_SIDE,)))
+    b, k, side = rows.shape
+    rows2, col0 = rows.reshape(b * k, side), np.ascontiguousarray(cols[0].T)  # whole, unmirrored
+    out = np.empty((len(thumbs), b), np.uint64)
+    for start in range(0, len(thumbs), _HASH_CHUNK):
+        t = thumbs[start:start + _HASH_CHUNK].astype(np.float32)
+        c = np.matmul(np.matmul(rows2, t), col0)  # (n, B·8, 8)
+        out[start:start + len(t)] = _pack_hashes(c.reshape(len(t), b, k * k))
+    return out
 
 
 @cache
@@ -173,9 +185,11 @@ def _is_mirrored(variant: int | np.ndarray) -> bool | np.ndarray:
 
 def _range_search(queries: np.ndarray, database: np.ndarray, threshold: int,
                   allowed: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, ...]:
+                  progress: Callable[[int], None] | None = None, *,
+                  nearest: bool = False) -> tuple[np.ndarray, ...]:
     """All (distance, query image, variant, target) with ``queries[i, k]`` within ``threshold``
     bits of ``database[j]`` and ``allowed(i, j)``. ``queries`` (N, K), ``database`` (M,) uint64.
+    ``nearest``: only the nearest of each (query image, target, mirror state) (:func:`_nearest`).
 
     faiss ``IndexBinaryFlat``: exhaustive, SIMD popcount; see benchmarks/dedup_search.py.
     """
@@ -190,12 +204,30 @@ def _range_search(queries: np.ndarray, database: np.ndarray, threshold: int,
         rows = np.repeat(np.arange(q.size), np.diff(lims.astype(np.int64)))
         qi, var, tj = rows // k + start, rows % k, ids.astype(np.int64)
         keep = allowed(qi, tj)
-        parts.append((dist[keep].astype(np.int64), qi[keep], var[keep], tj[keep]))
+        part = dist[keep].astype(np.int64), qi[keep], var[keep], tj[keep]
+        parts.append(_nearest(*part) if nearest else part)
         if progress is not None:
             progress(min(n, start + block))
     if not parts:
         return tuple(np.zeros(0, np.int64) for _ in range(4))
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _nearest(dist: np.ndarray, query: np.ndarray, variant: np.ndarray,
+             target: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Of hits (distance, query, variant, target), the nearest of each (query, target, mirror
+    state), the lowest variant on a tie: all :class:`PairHits` keeps of them, found while the
+    hits of one block of queries are still small (a pool of similar images has tens of hits
+    per pair)."""
+    if len(dist) == 0:
+        return dist, query, variant, target
+    group = (query * (int(target.max()) + 1) + target) * 2 + _is_mirrored(variant)
+    order = np.argsort((group * 64 + dist) * 256 + variant)  # distance < 64, variant < 256
+    group = group[order]
+    first = np.ones(len(order), bool)
+    first[1:] = group[1:] != group[:-1]
+    keep = order[first]
+    return dist[keep], query[keep], variant[keep], target[keep]
 
 
 def _as_codes(hashes: np.ndarray) -> np.ndarray:
@@ -294,7 +326,8 @@ def _bucket(keys: np.ndarray, width: int, bits: int) -> np.ndarray:
 def _block_search(queries: np.ndarray, database: np.ndarray, threshold: int,
                   allowed: Callable[[np.ndarray, np.ndarray], np.ndarray],
                   progress: Callable[[int], None] | None = None,
-                  index: BlockIndex | None = None) -> tuple[np.ndarray, ...]:
+                  index: BlockIndex | None = None, *, nearest: bool = False
+                  ) -> tuple[np.ndarray, ...]:
     """:func:`_range_search` through a :class:`BlockIndex` (built on ``database`` unless
     given): the same hits up to its exact radius, a subset beyond, in the same columns.
     Chunks of queries run in one thread per core (numpy releases the GIL in its loops); the
@@ -307,7 +340,8 @@ def _block_search(queries: np.ndarray, database: np.ndarray, threshold: int,
         rows, tj, dist = index.search(queries[start:start + block].reshape(-1), threshold)
         qi, var = rows // k + start, rows % k
         keep = allowed(qi, tj)
-        return dist[keep], qi[keep], var[keep], tj[keep]
+        part = dist[keep], qi[keep], var[keep], tj[keep]
+        return _nearest(*part) if nearest else part
 
     starts = range(0, n, block)
     parts: list[tuple[np.ndarray, ...]] = []
@@ -328,24 +362,49 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _nearest_hits(dist: np.ndarray, query: np.ndarray, variant: np.ndarray, target: np.ndarray,
-                  band: np.ndarray) -> dict[tuple[int, int], list[_Hit]]:
-    """Per unordered pair (lo, hi): the nearest hit of each (mirror state, band) kind, nearest
-    first (ties broken by query, variant: deterministic)."""
-    lo, hi = np.minimum(query, target), np.maximum(query, target)
-    kind = _is_mirrored(variant).astype(np.int64) * 2 + band.astype(np.int64)
-    order = np.lexsort((variant, query, dist, kind, hi, lo))
-    lo, hi, kind = lo[order], hi[order], kind[order]
-    first = np.ones(len(order), bool)
-    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1]) | (kind[1:] != kind[:-1])
-    pairs: dict[tuple[int, int], list[_Hit]] = {}
-    for i in np.flatnonzero(first):
-        j = order[i]
-        hit = _Hit(int(dist[j]), int(query[j]), int(variant[j]), int(target[j]), bool(band[j]))
-        pairs.setdefault((int(lo[i]), int(hi[i])), []).append(hit)
-    for hits in pairs.values():
-        hits.sort(key=lambda h: (h.distance, h.band, h.mirrored, h.query, h.variant))
-    return pairs
+class PairHits:
+    """The pairs a search found, ordered by (later, earlier) image, with their nearest hits.
+
+    ``earlier``, ``later``, ``distance`` (the nearest hit's bits): arrays, one entry per pair.
+    :meth:`hits` builds a pair's hits (the nearest of each mirror/band kind, nearest first;
+    ties broken by query, variant: deterministic) only when asked: a run that verifies a
+    few of many pairs never builds the others'.
+    """
+
+    def __init__(self, dist: np.ndarray, query: np.ndarray, variant: np.ndarray,
+                 target: np.ndarray, band: np.ndarray) -> None:
+        lo, hi = np.minimum(query, target), np.maximum(query, target)
+        mirrored = _is_mirrored(variant)
+        kind = mirrored.astype(np.int64) * 2 + band.astype(np.int64)
+        order = np.lexsort((variant, query, dist, kind, lo, hi))
+        keep = np.ones(len(order), bool)  # the nearest hit of each (pair, kind)
+        keep[1:] = ((lo[order][1:] != lo[order][:-1]) | (hi[order][1:] != hi[order][:-1])
+                    | (kind[order][1:] != kind[order][:-1]))
+        nearest = order[keep]
+        # each pair's hits nearest first, then band, mirror state, query, variant
+        nearest = nearest[np.lexsort((variant[nearest], query[nearest], mirrored[nearest],
+                                      band[nearest], dist[nearest], lo[nearest], hi[nearest]))]
+        self._columns = (dist[nearest], query[nearest], variant[nearest], target[nearest],
+                         band[nearest])
+        lo, hi = lo[nearest], hi[nearest]
+        new = np.ones(len(nearest), bool)
+        new[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+        self._starts = np.append(np.flatnonzero(new), len(nearest))
+        self.earlier, self.later = lo[new], hi[new]
+        self.distance = self._columns[0][new]
+
+    def __len__(self) -> int:
+        return len(self.earlier)
+
+    def hits(self, p: int) -> list[_Hit]:
+        """Pair ``p``'s hits, nearest first."""
+        rows = range(self._starts[p], self._starts[p + 1])
+        d, q, v, t, b = self._columns
+        return [_Hit(int(d[i]), int(q[i]), int(v[i]), int(t[i]), bool(b[i])) for i in rows]
+
+    def as_dict(self) -> dict[tuple[int, int], list[_Hit]]:
+        """Every pair (earlier, later) → its hits (all built)."""
+        return {(int(self.earlier[p]), int(self.later[p])): self.hits(p) for p in range(len(self))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,14 +413,14 @@ def _nearest_hits(dist: np.ndarray, query: np.ndarray, variant: np.ndarray, targ
 
 def search_pairs(thumbs: np.ndarray, stored: np.ndarray, n_ref: int, threshold: int,
                  progress: Callable[[int], None] | None = None, *,
-                 index: str = "auto") -> dict[tuple[int, int], list[_Hit]]:
+                 index: str = "auto") -> PairHits:
     """Every pair (earlier, later) of images whose hashes lie within ``threshold`` bits, with
     its hits nearest first. ``thumbs`` (N, S, S) uint8, ``stored`` (N,) uint64 phashes; the
     first ``n_ref`` images are references, never paired with each other. ``progress(done)``
     counts images searched. ``index``: ``flat``, ``blocks`` or ``auto`` (module docstring)."""
     variants = variant_hashes(thumbs).reshape(len(thumbs), -1)
-    return _nearest_hits(*search_hits(variants, band_hashes(thumbs), stored, n_ref, threshold,
-                                      progress, index=index))
+    return PairHits(*search_hits(variants, band_hashes(thumbs), stored, n_ref, threshold,
+                                 progress, index=index))
 
 
 def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_ref: int,
@@ -388,9 +447,10 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
             if progress is not None:
                 progress(q0 + k)
 
-        parts = [lookup(variants[qs], stored[ts], threshold, allowed, done)]
+        parts = [lookup(variants[qs], stored[ts], threshold, allowed, done, nearest=True)]
         for b in range(bands.shape[1]):
-            d, q, _, t = lookup(bands[qs, b:b + 1], bands[ts, b], threshold, allowed)
+            d, q, _, t = lookup(bands[qs, b:b + 1], bands[ts, b], threshold, allowed,
+                                nearest=True)
             parts.append((d, q, np.zeros_like(q), t))
         for i, (d, q, v, t) in enumerate(parts):
             found.append((d, q + q0, v, t + t0))
