@@ -70,6 +70,20 @@ def test_ingest_dedup_report_on_the_sample(prefect_harness, sample, tmp_path):
     catalog = Workspace.open(ws).catalog()
     assert json.loads(catalog.last_dedup_run()["summary"])["index"] == "blocks"
     assert json.loads(catalog.last_dedup_run()["params"])["index"] == "blocks"
+    excluded = {(p["source"], p["rel_path"]) for p in catalog.excluded_paths()}
+    full = json.loads(catalog.last_dedup_run()["summary"])
+    assert full["verify"] == "all" and full["pairs_verified"] == full["pairs_proposed"]
+
+    # --verify first: the same paths excluded, fewer pairs verified and listed
+    r = CliRunner().invoke(cli, ["-w", str(ws), "dedup", "--reference", "cuhk", "--index",
+                                 "blocks", "--verify", "first"])
+    assert r.exit_code == 0, r.output
+    assert f"of the {full['pairs_proposed']} pairs found were verified" in r.stderr
+    assert {(p["source"], p["rel_path"]) for p in catalog.excluded_paths()} == excluded
+    first = json.loads(catalog.last_dedup_run()["summary"])
+    assert json.loads(catalog.last_dedup_run()["params"])["verify"] == "first"
+    assert first["pairs_verified"] < full["pairs_verified"]
+    assert first["excluded_paths"] == full["excluded_paths"]
 
 
 def test_rerun_is_idempotent_and_a_killed_run_resumes(prefect_harness, sample, tmp_path, monkeypatch):
