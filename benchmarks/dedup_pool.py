@@ -1,7 +1,7 @@
 """Ingest and dedup of a pool of similar real photographs, end to end through the CLI.
 
     python benchmarks/dedup_pool.py [--n 10000] [--photos DIR] [--dir DIR] [--seed S]
-                                    [--index auto|flat|blocks] [--verify all|first]
+                                    [--index auto|flat|blocks] [--verify all|first] [--dask]
 
 Issue 15's pool: ``--n`` 640×480 JPEGs cut from 15 real photographs at random positions and
 scales (overlapping crops, as burst shots or video frames give: a pool where the search proposes
@@ -66,6 +66,40 @@ def blurset(ws: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
+def run_stages(ws: Path, args: argparse.Namespace, *global_args: str) -> tuple[float, ...]:
+    """Ingest of ref and pool, dedup: each command's seconds."""
+    data = ws.parent
+    return (blurset(ws, *global_args, "ingest", "--kind", "folder", "--name", "ref",
+                    str(data / "ref")),
+            blurset(ws, *global_args, "ingest", "--kind", "folder", "--name", "pool",
+                    str(data / "pool")),
+            blurset(ws, *global_args, "dedup", "--reference", "ref", "--index", args.index,
+                    "--verify", args.verify))
+
+
+def outcome(ws: Path) -> tuple[dict, dict, set]:
+    """The verdict counts (near duplicates), the last run's summary and the excluded paths."""
+    with sqlite3.connect(ws / "catalog.sqlite") as db:
+        verdicts = dict(db.execute("SELECT verdict, count(*) FROM duplicate_findings "
+                                   "WHERE method != 'sha256' GROUP BY verdict").fetchall())
+        summary = json.loads(db.execute("SELECT summary FROM dedup_runs ORDER BY id DESC")
+                             .fetchone()[0])
+        excluded = set(db.execute("SELECT source, rel_path FROM image_paths "
+                                  "WHERE excluded IS NOT NULL").fetchall())
+    return verdicts, summary, excluded
+
+
+def on_dask(data: Path, args: argparse.Namespace) -> tuple[float, float, bool]:
+    """The same commands with --dask-address of a LocalCluster of 2 worker processes:
+    (ingest seconds, dedup seconds, whether the catalog's outcome is the local run's)."""
+    from distributed import LocalCluster
+    ws = data / f"ws-dask-{time.strftime('%Y%m%d-%H%M%S')}"
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                      dashboard_address=None, host="127.0.0.1") as cluster:
+        t_ref, t_pool, t_dedup = run_stages(ws, args, "--dask-address", cluster.scheduler_address)
+    return t_ref + t_pool, t_dedup, ws
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="images in the pool")
@@ -76,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", choices=("auto", "flat", "blocks"), default="auto")
     parser.add_argument("--verify", choices=("all", "first"), default="all",
                         help="dedup --verify: all pairs, or each candidate's up to its first duplicate")
+    parser.add_argument("--dask", action="store_true",
+                        help="also run the commands on a LocalCluster of 2 worker processes")
     args = parser.parse_args(argv)
     photos = load_photos(args.photos or default_photos_dir())
     if len(photos) < 20:
@@ -86,16 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         write_pool(data, photos, args.n, args.seed)
         print(f"pool written: {args.n} + 100 JPEGs in {time.perf_counter() - t:.1f} s")
     ws = data / f"ws-{time.strftime('%Y%m%d-%H%M%S')}"
-    t_ref = blurset(ws, "ingest", "--kind", "folder", "--name", "ref", str(data / "ref"))
-    t_pool = blurset(ws, "ingest", "--kind", "folder", "--name", "pool", str(data / "pool"))
-    t_dedup = blurset(ws, "dedup", "--reference", "ref", "--index", args.index,
-                      "--verify", args.verify)
+    t_ref, t_pool, t_dedup = run_stages(ws, args)
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    with sqlite3.connect(ws / "catalog.sqlite") as db:
-        verdicts = dict(db.execute("SELECT verdict, count(*) FROM duplicate_findings "
-                                   "WHERE method != 'sha256' GROUP BY verdict").fetchall())
-        summary = json.loads(db.execute("SELECT summary FROM dedup_runs ORDER BY id DESC")
-                             .fetchone()[0])
+    verdicts, summary, excluded = outcome(ws)
     pairs = sum(verdicts.values())
     proposed = summary.get("pairs_proposed", pairs)
     print(f"ingest: reference {t_ref:.1f} s, pool {t_pool:.1f} s; dedup {t_dedup:.1f} s "
@@ -103,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary.get('index')}; {summary['excluded_paths']} paths excluded); "
           f"peak RSS of a stage {peak_gb:.2f} GB")
     rate, issue_rate = proposed / t_dedup, ISSUE_PAIRS / ISSUE_DEDUP_S
+    if args.dask:
+        dask = on_dask(data, args)
+        d_verdicts, _, d_excluded = outcome(dask[2])
+        same = d_verdicts == verdicts and d_excluded == excluded
+        dask_ratio = (dask[0] + dask[1]) / (t_ref + t_pool + t_dedup)
+        print(f"on a LocalCluster of 2 worker processes: ingest {dask[0]:.1f} s, dedup "
+              f"{dask[1]:.1f} s; {dask_ratio:.2f}x the local time; same exclusions and "
+              f"verdict counts as the local run: {same}")
     print(f"dedup against the issue's measurement ({ISSUE_DEDUP_S:.0f} s for {ISSUE_PAIRS} "
           f"pairs): {t_dedup / ISSUE_DEDUP_S:.2f}x the time, {rate:.0f} pairs found settled "
           f"per second against {issue_rate:.0f} ({rate / issue_rate:.2f}x)")
@@ -112,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
           f"peak_gb={peak_gb:.2f} index={summary.get('index')} "
           f"dedup_vs_issue={t_dedup / ISSUE_DEDUP_S:.2f} pairs_per_s={rate:.0f} "
           f"pairs_per_s_vs_issue={rate / issue_rate:.2f} verify={args.verify} "
-          f"proposed={proposed} excluded={summary['excluded_paths']}")
+          f"proposed={proposed} excluded={summary['excluded_paths']}"
+          + (f" dask_ingest_s={dask[0]:.1f} dask_dedup_s={dask[1]:.1f} "
+             f"dask_vs_local={dask_ratio:.2f} same_catalog={int(same)}" if args.dask else ""))
     return 0
 
 
