@@ -13,7 +13,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
 import httpx
@@ -94,6 +94,41 @@ def _guarded(what: str, retry_timeouts: bool = True):
             raise AssertionError("unreachable")
         return inner
     return wrap
+
+
+@dataclass(frozen=True)
+class S3Storage:
+    """Where Label Studio finds the objects on S3, and how it connects (endpoint, credentials and
+    region: the object store's own, as its file system resolved them)."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None  # None: AWS itself
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, url: str, fs: Any) -> S3Storage:
+        """The storage of the objects at ``url`` (``s3://bucket/prefix``) read through ``fs``
+        (s3fs's file system): its endpoint, region and the credentials it signs with."""
+        bucket, _, prefix = url.removeprefix("s3://").strip("/").partition("/")
+        endpoint = region = None
+        creds = None
+        try:
+            from fsspec.asyn import sync
+            client = sync(fs.loop, fs.set_session)
+            endpoint, region = client.meta.endpoint_url, client.meta.region_name
+            got = client._get_credentials()  # aiobotocore's resolved credentials (None: anonymous)
+            creds = sync(fs.loop, got.get_frozen_credentials) if got is not None else None
+        except (AttributeError, OSError, ValueError):
+            pass  # Label Studio falls back to its own environment
+        if endpoint and endpoint.rstrip("/").endswith(".amazonaws.com"):
+            endpoint = None  # AWS itself: Label Studio finds the regional endpoint
+        return cls(bucket, prefix.strip("/"), endpoint, region,
+                   creds.access_key if creds else None, creds.secret_key if creds else None,
+                   creds.token if creds else None)
 
 
 class Client:
@@ -181,6 +216,31 @@ class Client:
                 return s.id
         return self.sdk.import_storage.local.create(
             project=project_id, path=path, use_blob_urls=False, title="blurset objects",
+            request_options=self._opts()).id
+
+    @_guarded("connect the project to the objects on S3")
+    def ensure_s3_storage(self, project_id: int, s3: S3Storage) -> int:
+        """An S3 import storage on the objects' bucket and prefix, through which Label Studio
+        resolves the tasks' ``s3://`` URLs (presigned, so browsers fetch images from S3 itself).
+
+        One per project: an existing one on the same bucket and prefix is reused, its endpoint,
+        region and credentials brought up to date (keys rotate). Never synced: blurset imports
+        the tasks itself. Label Studio checks the connection when it saves the storage.
+        """
+        kw: dict[str, Any] = {"s3endpoint": s3.endpoint, "region_name": s3.region,
+                              "aws_access_key_id": s3.access_key_id,
+                              "aws_secret_access_key": s3.secret_access_key,
+                              "aws_session_token": s3.session_token}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        for st in self.sdk.import_storage.s3.list(project=project_id, request_options=self._opts()):
+            if st.bucket == s3.bucket and (st.prefix or "") == s3.prefix:
+                if ((st.s3endpoint, st.region_name, st.aws_access_key_id)
+                        != (s3.endpoint, s3.region, s3.access_key_id)):
+                    self.sdk.import_storage.s3.update(id=st.id, **kw, request_options=self._opts())
+                return st.id
+        return self.sdk.import_storage.s3.create(
+            project=project_id, bucket=s3.bucket, prefix=s3.prefix, presign=True,
+            use_blob_urls=False, title="blurset objects", **kw,
             request_options=self._opts()).id
 
     @_guarded("list the project's tasks")

@@ -165,6 +165,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 API (moto's server) on a free port, with buckets ``sources`` and ``objects``;
+    AWS_ENDPOINT_URL points every s3:// URL at it. Yields s3fs's file system on it."""
+    import urllib.request
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+    port = free_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # moto keeps its buckets in the process, across servers: start empty
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=10).close()
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance of another test holds another port
+    try:
+        fs = s3fs.S3FileSystem()
+        for bucket in ("sources", "objects"):
+            fs.mkdir(bucket)
+        yield fs
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """A real Label Studio server, started once per session from the repo's own virtualenv.

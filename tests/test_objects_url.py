@@ -8,13 +8,11 @@ that build each other's ingests.
 from __future__ import annotations
 
 import shutil
-import urllib.request
 from pathlib import Path
 
 import fsspec
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
 
 from blurset.errors import NotFoundError
 from blurset.pipeline import release as R
@@ -216,32 +214,6 @@ def test_the_same_files_under_another_root_are_accepted_and_other_files_refused(
 
 # --------------------------------------------------------------------------------------------
 # Integration: S3 on moto's server
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """A real S3 API on a free port; AWS_ENDPOINT_URL points every s3:// URL at it."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-    port = free_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    # moto keeps its buckets in the process, across servers: start empty
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=10).close()
-    s3fs.S3FileSystem.clear_instance_cache()  # an instance of another test holds another port
-    try:
-        fs = s3fs.S3FileSystem()
-        for bucket in ("sources", "objects"):
-            fs.mkdir(bucket)
-        yield fs
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
 
 
 def release_ids(path: Path) -> list[str]:

@@ -4,13 +4,14 @@ between import and catalog write) never creates a duplicate task."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from blurset.annotation.client import Client, TaskSpec, local_file_url
+from blurset.annotation.client import Client, S3Storage, TaskSpec, local_file_url
 from blurset.annotation.server import document_root
 from blurset.names import validate_title
 from blurset.pipeline.catalog import Catalog
@@ -26,6 +27,7 @@ from blurset.pipeline.stages.prelabel import (
     prediction_mask,
     prelabel_from_mask,
 )
+from blurset.pipeline.store import RemoteObjectStore, RemoteStoreUnsupported
 from blurset.pipeline.workspace import Workspace
 
 Progress = Callable[[int], None]
@@ -86,10 +88,14 @@ def push(catalog: Catalog, client: Client, ws: Workspace, project: str,
         _check_blur_range(min_blur, max_blur)
     labeller = make_prelabeller(prelabel) if prelabel is not None else None
     sources = list(sources) if sources else default_push_sources(catalog)
+    s3 = s3_storage(ws)  # an object store Label Studio cannot read is refused before any request
     project_id = client.project(project)
     if overlap is not None:
         client.set_overlap(project_id, overlap)
-    client.ensure_local_storage(project_id, str(ws.objects.root))
+    if s3 is not None:
+        client.ensure_s3_storage(project_id, s3)
+    else:
+        client.ensure_local_storage(project_id, str(ws.objects.root))
     ref = ProjectRef(client.conn.url, project, project_id)
     report = PushReport(project, project_id, f"{ref.server}/projects/{project_id}/data")
     report.reconciled, report.duplicate_tasks_in_label_studio = reconcile(catalog, client, ref)
@@ -200,22 +206,45 @@ def _in_ranked_order(todo: list[dict], preds: dict[str, dict], min_blur: float, 
     return known_mask + ranked, len(low), len(high)
 
 
+def s3_storage(ws: Workspace) -> S3Storage | None:
+    """Label Studio's S3 storage for a workspace whose objects are on S3 (None when they are
+    local files); another remote store is refused in one line."""
+    store = ws.objects
+    if not isinstance(store, RemoteObjectStore):
+        return None
+    if not store.url.startswith("s3://"):
+        raise RemoteStoreUnsupported(
+            f"the object store is remote ({store.url}) and annotate push connects Label Studio "
+            "to local files or to S3 only: other remote stores are not supported yet")
+    return S3Storage.of(store.url, store.fs)
+
+
+def object_paths(ws: Workspace, relpaths: Sequence[str]) -> list:
+    """Local files holding these objects, for the pre-labellers: the store's own files, or
+    for a remote store a local cache fetched through it (``WORKSPACE/cache/objects``)."""
+    local = ws.with_local_objects(relpaths)
+    return [local.objects.root / rel for rel in relpaths]
+
+
 def _predict(labeller: Prelabeller | None, ws: Workspace, rows: list[dict]) -> dict[str, dict]:
     """image id → the pre-labeller's prediction, one call for the batch."""
     if labeller is None or not rows:
         return {}
-    preds = labeller.predict([ws.objects.root / r["object_path"] for r in rows])
+    preds = labeller.predict(object_paths(ws, [r["object_path"] for r in rows]))
     return {r["image_id"]: p for r, p in zip(rows, preds, strict=True)}
 
 
 def _known_mask_prelabel(ws: Workspace, row: dict) -> dict:
     """The source's own blur mask as the pre-label (full confidence)."""
-    with Image.open(ws.objects.root / row["gt_mask"]) as m:
+    with Image.open(io.BytesIO(ws.objects.read(row["gt_mask"]))) as m:
         return prelabel_from_mask(np.asarray(m.convert("L")), f"ground-truth:{row['source']}", 1.0)
 
 
 def _object_url(ws: Workspace, object_path: str) -> str:
-    """Local-files URL of an object: its path relative to Label Studio's document root."""
+    """The object's ``s3://`` URL when the objects are on S3 (Label Studio's S3 storage resolves
+    it), else its local-files URL: its path relative to Label Studio's document root."""
+    if isinstance(store := ws.objects, RemoteObjectStore):
+        return f"{store.url}/{object_path}"
     root = document_root(ws.root)
     try:
         rel = (ws.objects.root / object_path).resolve().relative_to(root)
