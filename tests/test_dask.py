@@ -51,14 +51,14 @@ def look_alikes() -> list[HashRecord]:
 
 
 class CountingExecutor(Executor):
-    """A thread pool that counts the chunks it is given."""
+    """A thread pool that counts the tasks it is given, by function."""
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(2)
-        self.calls = 0
+        self.calls: dict[str, int] = {}
 
     def submit(self, fn, /, *args, **kwargs):
-        self.calls += 1
+        self.calls[fn.__name__] = self.calls.get(fn.__name__, 0) + 1
         return self.pool.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait=True, **kwargs):
@@ -70,11 +70,20 @@ def test_verification_through_an_executor_gives_the_same_verdicts(look_alikes, m
     verdicts = {m.verdict for m in local}
     assert {"duplicate", "rejected"} <= verdicts, "the set no longer has both verdicts"
     monkeypatch.setattr(dedup, "_CHUNK", 7)  # many chunks, each carrying its own thumbs
+    monkeypatch.setattr(dedup.search, "_SHARD", 16)  # and many search shards
     executor = CountingExecutor()
     with executor:
-        remote = find_duplicates(look_alikes[:20], look_alikes[20:], executor=executor)
+        remote = find_duplicates(look_alikes[:20], look_alikes[20:], executor=executor,
+                                 index="flat")
     assert remote == local
-    assert executor.calls == -(-len(local) // 7)
+    assert executor.calls["_verify_packed"] == -(-len(local) // 7)
+    n_ref, n_cand = 20, len(look_alikes) - 20  # references, then candidates, as query shards
+    assert executor.calls["_flat_shard"] == -(-n_ref // 16) + -(-n_cand // 16)
+    with CountingExecutor() as executor:  # blocks search here; first-duplicate rounds there
+        first = find_duplicates(look_alikes[:20], look_alikes[20:], executor=executor,
+                                index="blocks", verify_pairs="first")
+    assert first == find_duplicates(look_alikes[:20], look_alikes[20:], workers=1,
+                                    index="blocks", verify_pairs="first")
 
 
 def test_a_packed_chunk_carries_only_the_thumbs_it_needs(look_alikes):

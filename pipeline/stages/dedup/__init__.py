@@ -89,7 +89,8 @@ def find_duplicates(
     ``workers`` processes verify the pairs (default: one per core the process may use, and
     one per 4,000 pairs at most: the verdicts are the same whatever the number). An
     ``executor`` (``concurrent.futures``, e.g. a Dask cluster's ``client.get_executor()``)
-    verifies them instead, in chunks that each carry the thumbs they need: the same verdicts.
+    verifies them instead, in chunks that each carry the thumbs they need, and runs the flat
+    search's shards (:func:`search.search_hits`): the same pairs and verdicts.
     ``index`` is the search's (:func:`search.resolve_index`): ``flat`` is exhaustive and exact,
     ``blocks`` exact only within 5 bits, ``auto`` takes ``blocks`` above 10^5 images.
 
@@ -119,7 +120,8 @@ def find_duplicates(
         if progress is not None:
             progress(done, n)
 
-    pairs = search.search_pairs(thumbs, stored, n_ref, threshold, searched, index=index)
+    pairs = search.search_pairs(thumbs, stored, n_ref, threshold, searched, index=index,
+                                executor=executor)
     chromas = [r.hashes.chroma for r in records]
 
     def verified(done: int) -> None:

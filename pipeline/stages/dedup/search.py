@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
@@ -413,25 +413,34 @@ class PairHits:
 
 def search_pairs(thumbs: np.ndarray, stored: np.ndarray, n_ref: int, threshold: int,
                  progress: Callable[[int], None] | None = None, *,
-                 index: str = "auto") -> PairHits:
+                 index: str = "auto", executor: Executor | None = None) -> PairHits:
     """Every pair (earlier, later) of images whose hashes lie within ``threshold`` bits, with
     its hits nearest first. ``thumbs`` (N, S, S) uint8, ``stored`` (N,) uint64 phashes; the
     first ``n_ref`` images are references, never paired with each other. ``progress(done)``
-    counts images searched. ``index``: ``flat``, ``blocks`` or ``auto`` (module docstring)."""
+    counts images searched. ``index``: ``flat``, ``blocks`` or ``auto`` (module docstring);
+    ``executor``: where the flat search's shards run (:func:`search_hits`)."""
     variants = variant_hashes(thumbs).reshape(len(thumbs), -1)
     return PairHits(*search_hits(variants, band_hashes(thumbs), stored, n_ref, threshold,
-                                 progress, index=index))
+                                 progress, index=index, executor=executor))
 
 
 def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_ref: int,
                 threshold: int, progress: Callable[[int], None] | None = None, *,
-                index: str = "auto") -> tuple[np.ndarray, ...]:
+                index: str = "auto", executor: Executor | None = None
+                ) -> tuple[np.ndarray, ...]:
     """The hits behind :func:`search_pairs` as columns (distance, query, variant, target, band):
     ``variants`` (N, K) of each image against ``stored`` (N,), each band (N, B) against the
     same band of the others; the candidates (rows ``n_ref``…) against everyone, the references
-    against the candidates only (the pairs two references would make are never looked up)."""
+    against the candidates only (the pairs two references would make are never looked up).
+    Only the nearest hit of each (query, target, mirror state, band) is kept.
+
+    ``executor`` (``concurrent.futures``, e.g. a Dask cluster's): the flat search's variant
+    lookups run there in shards of :data:`_SHARD` query images, each shard carrying its
+    queries and the database: the same hits. (The block index and the band lookups, cheap
+    beside it, run here.)"""
     n = len(stored)
     lookup = _range_search if resolve_index(index, n, threshold) == "flat" else _block_search
+    sharded = executor is not None and lookup is _range_search
     found: list[tuple[np.ndarray, ...]] = []
     band: list[np.ndarray] = []
     # (query rows, target rows): references first, so that progress counts up to n
@@ -447,7 +456,11 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
             if progress is not None:
                 progress(q0 + k)
 
-        parts = [lookup(variants[qs], stored[ts], threshold, allowed, done, nearest=True)]
+        if sharded:
+            parts = [_sharded_search(executor, variants[qs], stored[ts], threshold, q0, t0,
+                                     done)]
+        else:
+            parts = [lookup(variants[qs], stored[ts], threshold, allowed, done, nearest=True)]
         for b in range(bands.shape[1]):
             d, q, _, t = lookup(bands[qs, b:b + 1], bands[ts, b], threshold, allowed,
                                 nearest=True)
@@ -459,6 +472,37 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
         return (*(np.zeros(0, np.int64) for _ in range(4)), np.zeros(0, bool))
     columns = [np.concatenate(col) for col in zip(*found, strict=True)]
     return (*columns, np.concatenate(band))
+
+
+_SHARD = 2048  # query images per task of a sharded flat search
+
+
+def _flat_shard(queries: np.ndarray, database: np.ndarray, threshold: int, q0: int,
+                t0: int) -> tuple[np.ndarray, ...]:
+    """One shard of a sharded flat search: ``queries`` are images ``q0``… of the search,
+    ``database`` images ``t0``…; an image is never its own hit; indices local to the shard."""
+    return _range_search(queries, database, threshold, lambda qi, tj: qi + q0 != tj + t0,
+                         nearest=True)
+
+
+def _sharded_search(executor: Executor, queries: np.ndarray, database: np.ndarray,
+                    threshold: int, q0: int, t0: int,
+                    progress: Callable[[int], None] | None) -> tuple[np.ndarray, ...]:
+    """``_range_search(..., nearest=True)`` of query images ``q0``… against database images
+    ``t0``… (never an image against itself), its shards of :data:`_SHARD` images run through
+    ``executor.map``: the same hits, indices local to ``queries`` and ``database``."""
+    starts = range(0, len(queries), _SHARD)
+    parts = []
+    shards = executor.map(_flat_shard, [queries[s:s + _SHARD] for s in starts],
+                          [database] * len(starts), [threshold] * len(starts),
+                          [q0 + s for s in starts], [t0] * len(starts))
+    for start, (d, q, v, t) in zip(starts, shards, strict=True):
+        parts.append((d, q + start, v, t))
+        if progress is not None:
+            progress(min(len(queries), start + _SHARD))
+    if not parts:
+        return tuple(np.zeros(0, np.int64) for _ in range(4))
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
 
 
 def is_exact(resolved: str, threshold: int) -> bool:
