@@ -7,7 +7,9 @@ runs it in the background. Protocol details: ``docs/annotation.md``.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
 import threading
 import time
@@ -42,12 +44,31 @@ class RequestError(InputError):
     """A request the backend cannot answer; the message says what to fix."""
 
 
+def remote_image(url: str) -> str | None:
+    """The object URL (``s3://…``) behind a task's image URL: the URL itself, or the ``fileuri``
+    of Label Studio's resolve/presign URL (``/tasks/ID/resolve/?fileuri=<base64>``); else None."""
+    u = urlparse(url)
+    if u.scheme in ("s3", "gs", "gcs", "azure-blob", "az"):
+        return url
+    if re.search(r"/(tasks|projects)/\d+/(resolve|presign)/?$", u.path):
+        encoded = parse_qs(u.query).get("fileuri", [""])[0]
+        try:
+            return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode() or url
+        except (ValueError, UnicodeDecodeError):
+            return url
+    return None
+
+
 def image_path(url: str, root: Path) -> Path:
     """The file behind a local-files URL (``/data/local-files/?d=rel/path.jpg``, absolute or not).
 
     Raises RequestError for another kind of URL, a path leaving ``root`` or a missing file.
     """
     u = urlparse(url)
+    if remote := remote_image(url):
+        raise RequestError(f"image {remote} is on a remote object store, which the ML backend "
+                           "does not support yet (it reads local files only); pre-label with "
+                           "`blurset annotate push --prelabel` or `annotate prelabel` instead")
     if u.path.rstrip("/") + "/" != LOCAL_FILES_PATH:
         raise RequestError(f"image URL {url!r} is not a Label Studio local-files URL "
                            f"({LOCAL_FILES_PATH}?d=<path>); the backend reads images from its "
