@@ -233,3 +233,15 @@ def labelling_browser(label_studio, tmp_path, request):
     finally:
         keep_screenshot_on_failure(request, driver, tmp_path)
         driver.quit()
+
+
+def assert_push_refused_with_server_down(runner, ws, project: str, monkeypatch) -> None:
+    """A push to a Label Studio that is not there: one error line, the catalog unchanged."""
+    from blurset.pipeline.cli.main import cli
+    before = ws.catalog().counts()
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("LABEL_STUDIO_URL", url)
+    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "push", "--project", project])
+    assert r.exit_code == 1 and f"cannot reach Label Studio at {url}" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert ws.catalog().counts() == before

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, jpeg_bytes, photo, png_bytes
+from conftest import assert_push_refused_with_server_down, free_port, jpeg_bytes, photo, png_bytes
 from PIL import Image
 
 from blurset.annotation import rle
@@ -188,13 +188,7 @@ def test_cli_push_pull_status_and_server_down(label_studio, prefect_harness, tmp
     r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "status", "--project", "blur cli"])
     assert r.exit_code == 0 and "pushed: 4" in r.output
 
-    before = ws.catalog().counts()
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("LABEL_STUDIO_URL", url)
-    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "push", "--project", "blur cli"])
-    assert r.exit_code == 1 and f"cannot reach Label Studio at {url}" in r.output
-    assert len(r.output.strip().splitlines()) == 1
-    assert ws.catalog().counts() == before
+    assert_push_refused_with_server_down(runner, ws, "blur cli", monkeypatch)
 
 
 def test_up_twice_is_harmless_and_down_stops_only_its_own(label_studio, tmp_path):
@@ -322,3 +316,4 @@ def test_the_hint_is_never_the_answer_and_a_rejection_has_no_blur_type(label_stu
     assert st.submitted_without_choice == 1 and st.with_prelabel == 4
     assert st.prelabelled_annotated == 2  # the untouched copy is not work saved
     assert catalog.hint_agreement([after[k]["image_id"] for k in after]) == (2, 1)
+

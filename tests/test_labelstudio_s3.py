@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, jpeg_bytes, photo, png_bytes
+from conftest import assert_push_refused_with_server_down, jpeg_bytes, photo, png_bytes
 from PIL import Image
 
 from blurset.annotation.client import connect
@@ -121,13 +121,7 @@ def test_cli_push_to_s3_objects_and_a_server_down(label_studio, prefect_harness,
     assert r.exit_code == 0, r.output
     assert "2 tasks pushed now (2 with pre-labels)" in r.output
 
-    before = ws.catalog().counts()
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("LABEL_STUDIO_URL", url)
-    r = runner.invoke(cli, ["-w", str(ws.root), "annotate", "push", "--project", "blur s3 cli"])
-    assert r.exit_code == 1 and f"cannot reach Label Studio at {url}" in r.output
-    assert len(r.output.strip().splitlines()) == 1
-    assert ws.catalog().counts() == before
+    assert_push_refused_with_server_down(runner, ws, "blur s3 cli", monkeypatch)
 
 
 def test_the_ml_backend_refuses_s3_images_in_one_line(label_studio, s3, tmp_path, request):
