@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -167,16 +168,18 @@ def _workers(asked: int | None, jobs: int) -> int:
 def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
                  jobs: Sequence[tuple[int, int, list]], bars: verify.Bars,
                  progress: Callable[[int], None] | None = None,
-                 prepared: dict[tuple[int, bool], verify.Prepared] | None = None
+                 prepared: _PreparedCache | None = None
                  ) -> list[tuple[int, verify.Verdict]]:
     """The verdict of each (earlier, later, initial hits) job, in order. ``prepared`` caches
     the prepared thumbs (a worker keeps one for all its chunks)."""
-    prepared = {} if prepared is None else prepared
+    prepared = _PreparedCache() if prepared is None else prepared
 
     def prep(i: int, mirrored: bool = False) -> verify.Prepared:
-        if (i, mirrored) not in prepared:
-            prepared[(i, mirrored)] = verify.prepare(thumbs[i], chromas[i], mirrored=mirrored)
-        return prepared[(i, mirrored)]
+        got = prepared.get((i, mirrored))
+        if got is None:
+            got = prepared[(i, mirrored)] = verify.prepare(thumbs[i], chromas[i],
+                                                           mirrored=mirrored)
+        return got
 
     out = []
     for done, (_, _, inits) in enumerate(jobs):
@@ -188,13 +191,33 @@ def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
     return out
 
 
+_PREPARED_MAX = 8192  # prepared thumbs a process keeps (about 60 KB each)
+
+
+class _PreparedCache(OrderedDict):
+    """The prepared thumbs of the images verified last, at most :data:`_PREPARED_MAX` (pairs
+    come in candidate order, so a candidate's and its neighbours' stay; memory stays bounded
+    at 10^5 images and more)."""
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        if len(self) > _PREPARED_MAX:
+            self.popitem(last=False)
+
+
 _SHARED: dict = {}  # a worker process's thumbs and chroma grids, set once by its initializer
 
 
 def _init_worker(thumbs: np.ndarray, chromas: list, bars: verify.Bars) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
-    _SHARED.update(thumbs=thumbs, chromas=chromas, bars=bars, prepared={})
+    _SHARED.update(thumbs=thumbs, chromas=chromas, bars=bars, prepared=_PreparedCache())
 
 
 def _verify_chunk(jobs: list[tuple[int, int, list]]) -> list[tuple[int, verify.Verdict]]:
@@ -231,7 +254,7 @@ def _verifier(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None], bars: ve
     if executor is not None:
         yield lambda jobs, progress: _verify_with(executor, thumbs, chromas, jobs, bars, progress)
     elif workers == 1:
-        prepared: dict[tuple[int, bool], verify.Prepared] = {}
+        prepared = _PreparedCache()
         yield lambda jobs, progress: _verify_jobs(thumbs, chromas, jobs, bars, progress, prepared)
     else:
         ctx = multiprocessing.get_context("spawn")
