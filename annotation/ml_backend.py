@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,9 +26,10 @@ from PIL import Image
 
 from blurset.annotation.config import BLUR_TYPE, BLUR_TYPE_HINT, BRUSH, IMAGE
 from blurset.annotation.process import alive, health, read_record, stop_recorded
-from blurset.errors import InputError, ServiceError
+from blurset.errors import InputError, NotFoundError, ServiceError
 
 LOCAL_FILES_PATH = "/data/local-files/"
+OBJECT_KEY = re.compile(r"([0-9a-f]{2})/\1[0-9a-f]{62}\.[A-Za-z0-9]+")  # ab/<sha256>.ext
 MAX_BODY = 64 * 1024 * 1024  # a predict request carries task JSON, not images
 
 
@@ -66,9 +67,9 @@ def image_path(url: str, root: Path) -> Path:
     """
     u = urlparse(url)
     if remote := remote_image(url):
-        raise RequestError(f"image {remote} is on a remote object store, which the ML backend "
-                           "does not support yet (it reads local files only); pre-label with "
-                           "`blurset annotate push --prelabel` or `annotate prelabel` instead")
+        raise RequestError(f"image {remote} is on a remote object store and this ML backend "
+                           "serves a workspace whose objects are local files; start it in the "
+                           "workspace whose objects are there")
     if u.path.rstrip("/") + "/" != LOCAL_FILES_PATH:
         raise RequestError(f"image URL {url!r} is not a Label Studio local-files URL "
                            f"({LOCAL_FILES_PATH}?d=<path>); the backend reads images from its "
@@ -85,6 +86,34 @@ def image_path(url: str, root: Path) -> Path:
                            f"{root}; start the backend with the document root Label Studio serves "
                            "(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
     return path
+
+
+@dataclass(frozen=True)
+class RemoteObjects:
+    """The workspace's objects on a remote store: its URL (``s3://bucket/prefix``) and ``fetch``,
+    which makes some of them local files (relative paths in, files out, in that order; the
+    workspace's cache, ``WORKSPACE/cache/objects``)."""
+
+    url: str
+    fetch: Callable[[Sequence[str]], list[Path]]
+
+    def relpath(self, url: str) -> str:
+        """The object's path in the store (``ab/<sha256>.ext``) of a task's image URL (``s3://…``
+        or Label Studio's resolve URL of one).
+
+        Raises RequestError for an image that is not an object of this store."""
+        remote = remote_image(url)
+        if remote is None:
+            raise RequestError(f"image URL {url!r} is not an object of the workspace's object "
+                               f"store {self.url} (nor a local file of the project's storage)")
+        rel = remote.removeprefix(self.url.rstrip("/") + "/")
+        if rel == remote:
+            raise RequestError(f"image {remote} is not in the workspace's object store "
+                               f"{self.url}; the backend reads that store's objects only")
+        if not OBJECT_KEY.fullmatch(rel):
+            raise RequestError(f"image {remote} is not an object of the workspace's object store "
+                               f"{self.url} (ab/<sha256>.ext under it)")
+        return rel
 
 
 def check_label_config(config: str | None) -> set[str]:
@@ -113,12 +142,15 @@ class Backend:
     """The protocol, without HTTP: one predictor, one document root, one prediction at a time."""
 
     def __init__(self, predictor: Predictor, document_root: Path,
-                 storage: Sequence[Path] | None = None):
+                 storage: Sequence[Path] | None = None, remote: RemoteObjects | None = None):
         """``storage``: the folders connected to the project as local storage (the workspace's
-        ``objects/``); when given, an image outside them is refused even under the root."""
+        ``objects/``); when given (even empty), a local image outside them is refused even under
+        the root. ``remote``: the workspace's objects on a remote store, whose ``s3://`` images
+        are fetched through it; without it such an image is refused."""
         self.predictor = predictor
         self.document_root = Path(document_root).resolve()
-        self.storage = [Path(s).resolve() for s in storage] if storage else None
+        self.storage = [Path(s).resolve() for s in storage] if storage is not None else None
+        self.remote = remote
         self._lock = threading.Lock()  # one model, predicting one batch at a time
 
     @property
@@ -138,7 +170,7 @@ class Backend:
         if not isinstance(tasks, list) or not tasks:
             raise RequestError('the request has no "tasks" list')
         controls = check_label_config(body.get("label_config"))
-        paths = []
+        images: list[Path | str] = []  # a local file, or an object of the remote store
         for t in tasks:
             if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
                 raise RequestError(f"task {t!r:.80} is not an object with a 'data' object")
@@ -146,13 +178,10 @@ class Backend:
             if not isinstance(url, str):
                 raise RequestError(f"task {t.get('id')} has no data.{IMAGE} URL")
             try:
-                path = image_path(url, self.document_root)
+                images.append(self._image(url))
             except RequestError as e:
                 raise RequestError(f"task {t.get('id')}: {e}") from None
-            if self.storage is not None and not any(path.is_relative_to(s) for s in self.storage):
-                raise RequestError(f"task {t.get('id')}: image {path} is not in the project's "
-                                   f"storage ({', '.join(map(str, self.storage))})")
-            paths.append(path)
+        paths = self._local(images)
         with self._lock:
             predictions = self.predictor.predict(paths)
         results = []
@@ -161,6 +190,32 @@ class Backend:
             results.append({"result": result, "score": p.get("score"),
                             "model_version": p.get("model_version", self.model_version)})
         return {"results": results, "model_version": self.model_version}
+
+    def _image(self, url: str) -> Path | str:
+        """A task's image: a local file of the project's storage, or (``str``) the path of an
+        object of the workspace's remote store. Raises RequestError naming what is wrong."""
+        if self.remote is not None and remote_image(url) is not None:
+            return self.remote.relpath(url)
+        path = image_path(url, self.document_root)
+        if self.storage is not None and not any(path.is_relative_to(s) for s in self.storage):
+            where = (", ".join(map(str, self.storage)) if self.storage else
+                     f"none: the workspace's objects are on {self.remote.url}" if self.remote
+                     else "none")
+            raise RequestError(f"image {path} is not in the project's storage ({where})")
+        return path
+
+    def _local(self, images: list[Path | str]) -> list[Path]:
+        """The images as local files, the remote store's objects fetched (once, by content)
+        into the workspace's cache in one go."""
+        rels = [i for i in images if isinstance(i, str)]
+        if not rels:
+            return list(images)  # type: ignore[arg-type]
+        assert self.remote is not None
+        try:
+            fetched = dict(zip(rels, self.remote.fetch(rels), strict=True))
+        except NotFoundError as e:
+            raise RequestError(str(e)) from None
+        return [fetched[i] if isinstance(i, str) else i for i in images]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -212,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, route(self._body()))
         except RequestError as e:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        except ServiceError as e:  # the object store could not be read
+            self._send(HTTPStatus.BAD_GATEWAY, {"error": str(e)})
         except (InputError, Image.DecompressionBombError) as e:  # the image, not the model
             self._send(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": f"image refused: {e}"})
         except (OSError, ValueError, RuntimeError) as e:  # the model failed on a readable request

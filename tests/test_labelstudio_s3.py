@@ -12,7 +12,13 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import assert_push_refused_with_server_down, jpeg_bytes, photo, png_bytes
+from conftest import (
+    assert_push_refused_with_server_down,
+    free_port,
+    jpeg_bytes,
+    photo,
+    png_bytes,
+)
 from PIL import Image
 
 from blurset.annotation.client import connect
@@ -124,13 +130,19 @@ def test_cli_push_to_s3_objects_and_a_server_down(label_studio, prefect_harness,
     assert_push_refused_with_server_down(runner, ws, "blur s3 cli", monkeypatch)
 
 
-def test_the_ml_backend_refuses_s3_images_in_one_line(label_studio, s3, tmp_path, request):
-    """Label Studio sends the backend the tasks of a project on S3; the backend, which reads
-    local files only, answers each with a 400 naming the object and what is unsupported."""
+LBP = "lbp-blur-map@blurset"
+
+
+def test_the_ml_backend_predicts_s3_images_through_the_store(label_studio, s3, tmp_path, request):
+    """Label Studio sends the backend the task of a project on S3; the backend fetches the object
+    through the workspace's store (into the cache push uses) and predicts as for a local file.
+    An image on S3 outside the store's bucket and prefix is refused in one line."""
+    import shutil
     import threading
 
-    from blurset.annotation.ml_backend import Backend, RequestError, make_server
-    from blurset.pipeline.stages.prelabel import make_prelabeller
+    from blurset.annotation.ml_backend import Backend, RemoteObjects, RequestError, make_server
+    from blurset.pipeline.stages.labelling.push import object_paths
+    from blurset.pipeline.stages.prelabel import make_prelabeller, prediction_mask
 
     errors: list[str] = []
 
@@ -147,19 +159,66 @@ def test_the_ml_backend_refuses_s3_images_in_one_line(label_studio, s3, tmp_path
     request.addfinalizer(client.close)
     r = push(catalog, client, ws, "blur on s3 ml")
     (t,) = json.loads(client.export(r.project_id))
-    backend = Recording(make_prelabeller("lbp"), label_studio.document_root)
+    image = t["data"]["image"]
+    rel = image.removeprefix(f"{OBJECTS}/")
+    cached = ws.root / "cache" / "objects" / rel
+    shutil.rmtree(ws.root / "cache", ignore_errors=True)  # the backend fetches it itself
+    predictor = make_prelabeller("lbp")
+    remote = RemoteObjects(ws.objects.url, lambda rels: object_paths(ws, rels))
+    backend = Recording(predictor, label_studio.document_root, storage=[], remote=remote)
     server = make_server(backend, "127.0.0.1", 0, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     request.addfinalizer(server.server_close)
     request.addfinalizer(server.shutdown)
-    client.connect_ml_backend(r.project_id, f"http://127.0.0.1:{server.server_address[1]}",
-                              "blurset lbp")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    client.connect_ml_backend(r.project_id, url, "blurset lbp")
+
+    # the Data Manager's "Retrieve predictions": Label Studio calls /predict and stores the answer
     client.retrieve_predictions(r.project_id, [t["id"]])
-    assert errors, "Label Studio never asked the backend"
-    for e in errors:
-        assert len(e.splitlines()) == 1
-        assert e == (f"task {t['id']}: image {t['data']['image']} is on a remote object store, "
-                     "which the ML backend does not support yet (it reads local files only); "
-                     "pre-label with `blurset annotate push --prelabel` or `annotate prelabel` "
-                     "instead")
-    assert client.predictions(t["id"]) == []
+    assert errors == []
+    (pred,) = client.predictions(t["id"])
+    assert pred["model_version"] == LBP
+    assert cached.read_bytes() == s3.cat_file(image)  # fetched through the store, kept
+    (want,) = predictor.predict([cached])
+    np.testing.assert_array_equal(prediction_mask(pred), prediction_mask(want))
+    assert prediction_mask(want).shape == (200, 300) and prediction_mask(want).any()
+
+    # the same object in another bucket, or beside the prefix: refused, one line, even as
+    # Label Studio's resolve URL of it
+    for other in (f"s3://sources/blur/{rel}", f"s3://objects/blurred/{rel}"):
+        s3.pipe_file(other, s3.cat_file(image))  # it exists: still not the workspace's
+        fileuri = base64.urlsafe_b64encode(other.encode()).decode()
+        for sent in (other, f"{label_studio.conn.url}/tasks/{t['id']}/resolve/?fileuri={fileuri}"):
+            answer = httpx.post(f"{url}/predict", timeout=30,
+                                json={"tasks": [{"id": 7, "data": {"image": sent}}]})
+            assert answer.status_code == 400
+            assert answer.json()["error"] == (
+                f"task 7: image {other} is not in the workspace's object store {OBJECTS}; the "
+                "backend reads that store's objects only")
+    assert client.predictions(t["id"]) == [pred]
+
+
+def test_cli_ml_backend_up_in_an_s3_workspace_predicts_its_tasks(label_studio, s3, tmp_path,
+                                                                  request):
+    """`labelstudio ml-backend up` in a workspace whose objects are on S3: the background backend
+    reads them through the workspace's store, and opening a task predicts it."""
+    ws = s3_workspace(tmp_path, candidates=1)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    r = push(catalog, client, ws, "blur on s3 ml cli")
+    (t,) = json.loads(client.export(r.project_id))
+    runner = CliRunner()
+    args = ["-w", str(ws.root), "labelstudio", "ml-backend"]
+    request.addfinalizer(lambda: runner.invoke(cli, [*args, "down"]))
+    port = free_port()
+    up = runner.invoke(cli, [*args, "up", "--checkpoint", "lbp", "--port", str(port),
+                             "--project", "blur on s3 ml cli"])
+    assert up.exit_code == 0, up.output
+    assert f"ML backend for {LBP} is up at http://127.0.0.1:{port}" in up.output
+
+    # opening the task (what the labelling stream does) predicts it through the backend
+    client._http.get(f"/api/tasks/{t['id']}").raise_for_status()
+    assert [p["model_version"] for p in client.predictions(t["id"])] == [LBP]
+    rel = t["data"]["image"].removeprefix(f"{OBJECTS}/")
+    assert (ws.root / "cache" / "objects" / rel).is_file()
+    assert "ML backend stopped" in runner.invoke(cli, [*args, "down"]).output

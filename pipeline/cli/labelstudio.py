@@ -95,21 +95,34 @@ def _model_spec(checkpoint: str) -> str:
 @click.option("--storage", "storage", multiple=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="A folder connected to the project as local storage: only images under one "
-                   "are read (default: the workspace's objects/). Repeatable.")
+                   "are read (default: the workspace's objects/; none when they are on S3, "
+                   "read through the store). Repeatable.")
 @pass_ctx
 def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | None,
           storage: tuple[Path, ...]) -> None:
     """Run the ML backend in the foreground (what `up` starts in the background)."""
-    from blurset.annotation.ml_backend import Backend, make_server
+    from blurset.annotation.ml_backend import Backend, RemoteObjects, make_server
     from blurset.annotation.server import document_root as default_root
+    from blurset.pipeline.stages.labelling.push import object_paths
     from blurset.pipeline.stages.prelabel import make_prelabeller
+    from blurset.pipeline.store import RemoteObjectStore
     predictor = make_prelabeller(_model_spec(checkpoint))
     root = document_root or default_root(c.ws.root)
-    # only the project's connected storage (the workspace's objects/) is read
-    folders = list(storage) or [c.ws.objects.root]
-    server = make_server(Backend(predictor, root, storage=folders), host, port)
-    click.echo(f"ML backend for {predictor.model_version} at http://{host}:{port} "
-               f"(images under {root})", err=True)
+    ws, store = c.ws, c.ws.objects
+    remote = None
+    if isinstance(store, RemoteObjectStore):
+        # the project's storage is the store itself (annotate push connects it): its objects
+        # are fetched through the store into the cache push uses; local files only from --storage
+        remote = RemoteObjects(store.url, lambda rels: object_paths(ws, rels))
+        folders = list(storage)
+        where = f"objects of {store.url}, cached in {ws.root / 'cache' / 'objects'}"
+    else:
+        # only the project's connected storage (the workspace's objects/) is read
+        folders = list(storage) or [store.root]
+        where = f"images under {root}"
+    server = make_server(Backend(predictor, root, storage=folders, remote=remote), host, port)
+    click.echo(f"ML backend for {predictor.model_version} at http://{host}:{port} ({where})",
+               err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -133,7 +146,8 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
 @click.option("--storage", "storage", multiple=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="A folder connected to the project as local storage: only images under one "
-                   "are read (default: the workspace's objects/). Repeatable.")
+                   "are read (default: the workspace's objects/; none when they are on S3, "
+                   "read through the store). Repeatable.")
 @pass_ctx
 def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None, create_project: bool,
                retrieve_automatically: bool, timeout: float, storage: tuple[Path, ...]) -> None:
@@ -145,7 +159,9 @@ def backend_up(c: Ctx, checkpoint: str, port: int, project: str | None, create_p
     make_prelabeller(spec)  # a bad model is refused here, before anything starts
     if project and not create_project:
         _existing_project(project)  # a mistyped title is refused before anything starts
-    command = [sys.executable, "-P", "-m", "blurset", "-w", str(c.ws.root), "labelstudio",
+    # the workspace (its objects_url too: the backend reads objects on a remote store through it)
+    objects = ["--objects-url", c.ws.objects_url] if c.ws.objects_url else []
+    command = [sys.executable, "-P", "-m", "blurset", "-w", str(c.ws.root), *objects, "labelstudio",
                "ml-backend", "serve", "--checkpoint", spec, "--host", HOST, "--port", str(port),
                "--document-root", str(document_root(c.ws.root)),
                *[a for f in storage for a in ("--storage", str(f.resolve()))]]
