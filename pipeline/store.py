@@ -136,8 +136,8 @@ class RemoteObjectStore:
         raise RemoteStoreUnsupported(
             f"the object store is remote ({self.url}) and this command reads objects as local "
             "files: it does not support a remote store yet (ingest, dedup, annotate push and "
-            "prelabel, release build and verify do); run it in a workspace whose objects are "
-            "local")
+            "prelabel, the ML backend, release build and verify do); run it in a workspace "
+            "whose objects are local")
 
     def relpath_for(self, digest: str, ext: str) -> str:
         return f"{digest[:2]}/{digest}{ext}"
