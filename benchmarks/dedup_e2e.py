@@ -2,7 +2,7 @@
 
     python benchmarks/dedup_e2e.py [--n 100000] [--similar 10000] [--photos DIR] [--dir DIR]
                                    [--seed S] [--index auto|flat|blocks] [--verify all|first]
-                                   [--workers W]
+                                   [--web crops|montage] [--workers W]
 
 Issue 15's end-to-end target: 10^5 640×480 JPEGs ingested and deduplicated with a 10^3
 reference in under an hour on this machine, a pool of similar images among them. Written from
@@ -11,10 +11,15 @@ the real photographs ``scripts/fetch_photos.sh`` unpacked (``benchmarks/realphot
 - ``ref/``: ``--ref`` (1,000) crops of the photos after the first 20;
 - ``similar/``: ``--similar`` (10^4) crops of the first 15 photos at 45-100 % of their size
   (``benchmarks/dedup_pool.py``'s pool: burst shots or video frames, most of them near copies);
-- ``web/``: the rest, ``--n`` − ``--similar``, small crops (22-40 % of the photo's side) of
-  every photo after the first 20, upscaled: mostly distinct images, with the near copies that
-  random windows of one photo make by chance, and a planted copy of 1 % of the references
-  (JPEG re-encoded, brightened 5 %) so that the reference side is exercised.
+- ``web/``: the rest, ``--n`` − ``--similar``, plus a planted copy of 1 % of the references
+  (JPEG re-encoded, brightened 5 %) so that the reference side is exercised. ``--web crops``
+  (the default): small crops (22-40 % of the photo's side) of the 80-odd photos after the
+  first 20, upscaled: about 1,100 crops per photo, so every image has dozens of look-alike
+  crops of its photo for the search to propose and the verification to reject: far more
+  look-alikes than a pool of distinct photographs has. ``--web montage``: each image a 2×2
+  montage of such crops of four random photos (real photographic content, distinct images:
+  there are not 10^5 distinct photographs on this machine), so the search proposes mostly
+  chance pairs, as in a pool of different photographs.
 
 Each stage is the real ``blurset`` command in its own process (Prefect's ephemeral server
 included): ingest ``ref``, ingest ``similar``, ingest ``web``, ``dedup --reference ref``.
@@ -59,20 +64,33 @@ def _init(photos_dir: str) -> None:
     _PHOTOS.extend(load_photos(Path(photos_dir))[20:])
 
 
-def _write_web(task: tuple[str, int, int, int]) -> int:
+def _web_image(rng: np.random.Generator, kind: str) -> Image.Image:
+    def crop() -> Image.Image:
+        _name, im = _PHOTOS[int(rng.integers(len(_PHOTOS)))]
+        return _crop(im, rng, 0.22, 0.40)
+
+    if kind == "crops":
+        return crop()
+    out = Image.new("RGB", SIZE)
+    half = (SIZE[0] // 2, SIZE[1] // 2)
+    for k in range(4):
+        out.paste(crop().resize(half, Image.Resampling.BILINEAR),
+                  ((k % 2) * half[0], (k // 2) * half[1]))
+    return out
+
+
+def _write_web(task: tuple[str, int, int, int, str]) -> int:
     """Images start…stop of web/ (each from its own seeded generator: any worker split gives
     the same files)."""
-    dest, start, stop, seed = task
+    dest, start, stop, seed, kind = task
     for i in range(start, stop):
         rng = np.random.default_rng((seed, i))
-        _name, im = _PHOTOS[int(rng.integers(len(_PHOTOS)))]
-        _crop(im, rng, 0.22, 0.40).save(Path(dest) / f"{i:06d}.jpg",
-                                        quality=int(rng.integers(80, 96)))
+        _web_image(rng, kind).save(Path(dest) / f"{i:06d}.jpg", quality=int(rng.integers(80, 96)))
     return stop - start
 
 
 def write_set(data: Path, photos_dir: Path, n: int, similar: int, refs: int, seed: int,
-              workers: int) -> None:
+              workers: int, kind: str) -> None:
     photos = load_photos(photos_dir)
     if len(photos) < 40:
         raise SystemExit(f"need 40 photos, found {len(photos)}: run scripts/fetch_photos.sh")
@@ -89,7 +107,7 @@ def write_set(data: Path, photos_dir: Path, n: int, similar: int, refs: int, see
     web.mkdir(exist_ok=True)
     count = n - similar
     chunk = 2000
-    tasks = [(str(web), s, min(count, s + chunk), seed) for s in range(0, count, chunk)]
+    tasks = [(str(web), s, min(count, s + chunk), seed, kind) for s in range(0, count, chunk)]
     ctx = multiprocessing.get_context("spawn")
     done = 0
     with ctx.Pool(workers, initializer=_init, initargs=(str(photos_dir),)) as pool:
@@ -115,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--index", choices=("auto", "flat", "blocks"), default="auto")
     parser.add_argument("--verify", choices=("all", "first"), default="first")
+    parser.add_argument("--web", choices=("crops", "montage"), default="crops",
+                        help="the web images: crops of ~80 photos, or 2x2 montages of them")
     parser.add_argument("--workers", type=int, default=2, help="processes writing the images")
     args = parser.parse_args(argv)
     if not 0 <= args.similar <= args.n:
         parser.error("--similar must be between 0 and --n")
-    data = args.dir / f"n{args.n}-s{args.similar}-r{args.ref}-seed{args.seed}"
+    data = args.dir / (f"n{args.n}-s{args.similar}-r{args.ref}-seed{args.seed}"
+                       + ("-montage" if args.web == "montage" else ""))
     if not (data / "done").exists():
         t = time.perf_counter()
         write_set(data, args.photos or default_photos_dir(), args.n, args.similar, args.ref,
-                  args.seed, args.workers)
+                  args.seed, args.workers, args.web)
         print(f"images written in {time.perf_counter() - t:.0f} s (not timed below)", flush=True)
     planted = json.loads((data / "done").read_text())["planted"]
     ws = data / f"ws-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -156,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
           f"dedup_s={t_dedup:.1f} total_s={total:.1f} peak_gb={peak_gb:.2f} "
           f"proposed={summary['pairs_proposed']} verified={summary['pairs_verified']} "
           f"excluded={summary['excluded_paths']} planted_found={len(found)}/{len(planted)} "
-          f"index={summary['index']} verify={args.verify} under_hour={int(total < 3600)}")
+          f"index={summary['index']} verify={args.verify} web={args.web} "
+          f"under_hour={int(total < 3600)}")
     return 0
 
 
