@@ -398,15 +398,20 @@ def prelabel_flow(workspace: Path, project: str, checkpoint: str, *, batch_size:
     return report
 
 
-@task(name="release-build", cache_policy=NO_CACHE)
-def release_task(ws: Workspace, spec: ReleaseSpec, show_progress: bool) -> ReleaseInfo:
+def _build_release(ws: Workspace, spec: ReleaseSpec, show_progress: bool,
+                   executor: Executor | None = None) -> ReleaseInfo:
     catalog = ws.catalog()
     rows = _Bar(show_progress, desc=f"release {spec.name} {spec.version}", unit="img")
     try:
-        return build_release(ws, catalog, spec, progress=rows.update)
+        return build_release(ws, catalog, spec, progress=rows.update, executor=executor)
     finally:
         rows.close()
         catalog.close()
+
+
+@task(name="release-build", cache_policy=NO_CACHE)
+def release_task(ws: Workspace, spec: ReleaseSpec, show_progress: bool) -> ReleaseInfo:
+    return _build_release(ws, spec, show_progress)
 
 
 @flow(name="release-build")
@@ -414,13 +419,17 @@ def release_flow(workspace: Path, spec: ReleaseSpec, *, catalog_url: str | None 
                  objects_url: str | None = None, show_progress: bool = True) -> ReleaseInfo:
     """Build ``releases/NAME/VERSION`` (written aside, renamed into place when complete).
 
-    The build is one task of the flow's task runner (on a Dask runner: on a worker of its
-    cluster, which must see the workspace and the releases folder). No retries: a failed build
-    leaves nothing behind, and the user re-runs it after a fix.
+    Locally the build is one task. On a Dask runner the selection, card and manifest are made
+    here and each shard is written by a task of its own on the cluster (whose workers must see
+    the workspace and the releases folder at the same paths): the same bytes. No retries: a
+    failed build leaves nothing behind, and the user re-runs it after a fix.
     """
     ws = Workspace.open(workspace, catalog_url, objects_url=objects_url)
-    remote = not isinstance(_task_runner(), ThreadPoolTaskRunner)
-    info = release_task.submit(ws, spec, show_progress and not remote).result()
+    if (executor := _dask_executor()) is not None:
+        info = _build_release(ws, spec, show_progress, executor)
+    else:
+        remote = not isinstance(_task_runner(), ThreadPoolTaskRunner)
+        info = release_task.submit(ws, spec, show_progress and not remote).result()
     create_table_artifact(key=f"release-{slug(spec.name)}", table=[
         {"name": info.name, "version": info.version, "rows": info.rows, "parent": info.parent,
          "path": str(info.path), **{f"split_{k}": v for k, v in info.splits.items()},

@@ -1,7 +1,8 @@
 """Flows on a Dask cluster (``--dask-address``): dedup's verification through an executor gives
 the same verdicts; ingest, dedup and release build of the bundled sample on a real
-``distributed.LocalCluster`` leave the same catalog and the same release as a local run; the
-option's refusals are one line."""
+``distributed.LocalCluster`` leave the same catalog and the same release as a local run; a
+release's shards written one task each on the cluster are the same files; the option's refusals
+are one line."""
 
 from __future__ import annotations
 
@@ -225,8 +226,65 @@ def test_the_sample_on_a_dask_cluster_equals_a_local_run(tmp_path, cluster):
     local_release = release_files(tmp_path / "local")
     assert any(name.endswith(".parquet") for name in local_release)
     assert release_files(tmp_path / "dask") == local_release
-    # the work ran on the cluster: hashing batches, verification chunks, the release build
+    # the work ran on the cluster: hashing batches, verification chunks, the release's shards
     ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert {"ingest_batch_task", "verify_packed", "release_task"} <= set(ran), ran
+    assert {"ingest_batch_task", "verify_packed", "write_planned_shard"} <= set(ran), ran
     # with no server configured, each command kept Prefect in its workspace
     assert (tmp_path / "dask" / ".prefect" / "prefect.db").is_file()
+
+
+# (after the sample's run: its check of the scheduler's task prefixes sees the CLI's shards)
+def shard_candidates(ws) -> list:
+    """24 images (noise JPEGs of different sizes) with their masks in ``ws``'s object store, as
+    release candidates; half carry their blur degree, half leave it to the mask."""
+    from blurset.pipeline.release.select import Candidate
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(24):
+        w, h = 40 + 7 * i, 30 + 5 * (i % 5)
+        jpeg, png = io.BytesIO(), io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+        Image.fromarray(rng.integers(0, 2, (h, w), dtype=np.uint8) * 255).save(png, "PNG")
+        out.append(Candidate(
+            image_id=f"{i:04d}", source="synthetic", source_path=f"imgs/{i}.jpg",
+            mask_object=ws.objects.put(png.getvalue(), ".png"), mask_origin="ground-truth",
+            blur_type="motion" if i % 3 else "defocus", blur_degree=None if i % 2 else i / 24,
+            annotators=("a",), annotation_ids=(i,), width=w, height=h, phash=f"{i:016x}",
+            object_path=ws.objects.put(jpeg.getvalue(), ".jpg")))
+    return out
+
+
+def write_all(ws, rows, folder: Path, **kwargs):
+    from blurset.pipeline.release.shards import object_sizes, write_shards
+    (folder / "data").mkdir(parents=True)
+    assigned = {c.image_id: ("train" if int(c.image_id) % 4 else "test") for c in rows}
+    done: list[int] = []
+    written = write_shards(folder, rows, assigned, ["train", "test"], ws, object_sizes(ws, rows),
+                           shard_bytes=8_000, row_group_rows=2, progress=done.append, **kwargs)
+    assert sum(done) == len(rows)
+    return written
+
+
+def test_shards_written_one_task_each_on_the_cluster_are_the_local_ones(tmp_path, cluster):
+    from blurset.pipeline.release.errors import ReleaseError
+    from blurset.pipeline.release.shards import sha256_file
+    from blurset.pipeline.workspace import Workspace
+    _address, client = cluster
+    ws = Workspace.open(tmp_path / "ws")
+    rows = shard_candidates(ws)
+    local = write_all(ws, rows, tmp_path / "local")
+    assert len(local.shards) >= 8 and {s.split for s in local.shards} == {"train", "test"}
+    remote = write_all(ws, rows, tmp_path / "dask", executor=client.get_executor())
+    assert remote == local  # paths, rows, bytes, sha256 in order; the index and blur degrees
+    files = {p.relative_to(tmp_path / "local"): p.read_bytes()
+             for p in sorted((tmp_path / "local").rglob("*.parquet"))}
+    assert files == {p.relative_to(tmp_path / "dask"): p.read_bytes()
+                     for p in sorted((tmp_path / "dask").rglob("*.parquet"))}
+    assert [sha256_file(tmp_path / "dask" / s.path) for s in remote.shards] == \
+        [s.sha256 for s in local.shards]
+    # a corrupt object stops the build with the worker's error, as it does locally
+    bad = ws.objects.root / rows[-1].object_path
+    bad.chmod(0o644)
+    bad.write_bytes(bad.read_bytes()[:-10] + bytes(10))
+    with pytest.raises(ReleaseError, match="is corrupt"):
+        write_all(ws, rows, tmp_path / "broken", executor=client.get_executor())

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -128,9 +129,11 @@ class ReleaseInfo:
 
 
 def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
-                  progress: Callable[[int], None] | None = None) -> ReleaseInfo:
+                  progress: Callable[[int], None] | None = None,
+                  executor: Executor | None = None) -> ReleaseInfo:
     """Build ``<out_root>/<name>/<version>/`` (see ``docs/release-format.md``); refuse if it
-    exists. ``progress`` is called with the number of rows after each shard."""
+    exists. ``progress`` is called with the number of rows after each shard. ``executor``: each
+    shard written by a task of its own there (see :func:`write_shards`), the same bytes."""
     name, version = spec.name, spec.version
     out_root = spec.root(ws)
     final = out_root / name / version
@@ -161,7 +164,8 @@ def build_release(ws: Workspace, catalog: Catalog, spec: ReleaseSpec, *,
         t1 = time.perf_counter()
         (tmp / DATA_DIR).mkdir()
         written = write_shards(tmp, sel.rows, plan.assigned, plan.names, files, sizes,
-                               spec.shard_bytes, spec.row_group_rows, progress)
+                               spec.shard_bytes, spec.row_group_rows, progress,
+                               executor=executor)
         fsync_dir(tmp / DATA_DIR)
         timings["shards"] = time.perf_counter() - t1
         t2 = time.perf_counter()

@@ -10,7 +10,7 @@ import os
 import posixpath
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,34 +327,96 @@ def write_shard(path: Path, rows: Sequence[Candidate], split: str, ws: Workspace
     return digest, seen
 
 
+@dataclass(frozen=True)
+class PlannedShard:
+    """A shard to write: its path (relative to the release folder), split and rows."""
+
+    path: str
+    split: str
+    rows: list[Candidate]
+
+
+def plan_shards(rows: Sequence[Candidate], assigned: Mapping[str, str],
+                split_names: Sequence[str], sizes: Mapping[str, int],
+                shard_bytes: int) -> list[PlannedShard]:
+    """Every split's shards of about ``shard_bytes``, in the order they are listed."""
+    planned = []
+    for s in split_names:
+        split_rows = [c for c in rows if assigned[c.image_id] == s]
+        if not split_rows:
+            continue
+        shards = _plan_shards([(c, sizes[c.image_id]) for c in split_rows], shard_bytes)
+        planned += [PlannedShard(shard_path(s, i, len(shards)), s, shard_rows)
+                    for i, shard_rows in enumerate(shards)]
+    return planned
+
+
+def _write_planned_shard(path: Path, rows: Sequence[Candidate], split: str, ws: Workspace,
+                         sizes: Mapping[str, int], row_group_rows: int
+                         ) -> tuple[str, int, dict]:
+    """One shard written and fsync'd by an executor's worker: (sha256, bytes, seen)."""
+    sha, seen = write_shard(path, rows, split, ws, sizes, row_group_rows, fsync=True)
+    return sha, path.stat().st_size, seen
+
+
+def _write_through(executor: Executor, folder: Path, planned: Sequence[PlannedShard],
+                   ws: Workspace, sizes: Mapping[str, int], row_group_rows: int,
+                   progress: Callable[[int], None] | None) -> list[tuple[str, int, dict]]:
+    """Each shard written by a task of ``executor``; the results in plan order."""
+    futures = [executor.submit(_write_planned_shard, folder / p.path, p.rows, p.split, ws,
+                               {c.image_id: sizes[c.image_id] for c in p.rows}, row_group_rows)
+               for p in planned]
+    rows_of = {f: len(p.rows) for f, p in zip(futures, planned, strict=True)}
+    try:
+        for done in as_completed(futures):
+            done.result()  # the first failure stops the build
+            if progress:
+                progress(rows_of[done])
+    except BaseException:
+        for f in futures:  # what has not started does not start; what runs is waited for
+            f.cancel()     # where the executor can tell (a Dask task already running ends alone)
+        wait(futures)
+        raise
+    return [f.result() for f in futures]
+
+
 def write_shards(folder: Path, rows: Sequence[Candidate], assigned: Mapping[str, str],
                  split_names: Sequence[str], ws: Workspace, sizes: Mapping[str, int],
                  shard_bytes: int, row_group_rows: int,
-                 progress: Callable[[int], None] | None = None) -> WrittenShards:
+                 progress: Callable[[int], None] | None = None, *,
+                 executor: Executor | None = None) -> WrittenShards:
     """Every split's shards of about ``shard_bytes`` under ``folder/data`` (which must exist),
-    fsync'd; ``progress`` is called with the number of rows after each shard."""
+    fsync'd; ``progress`` is called with the number of rows after each shard.
+
+    ``executor`` (a Dask cluster's, or any ``concurrent.futures`` one): each shard is written by
+    a task of its own, whose process must see ``folder`` and the object store at the same paths;
+    the shards are the same bytes as without it (each one's bytes depend on its rows only).
+    """
+    planned = plan_shards(rows, assigned, split_names, sizes, shard_bytes)
     shards: list[ShardInfo] = []
     index: dict[str, tuple[str, str]] = {}
     degrees: dict[str, float] = {}
+
+    def record(p: PlannedShard, sha: str, nbytes: int, seen: dict) -> None:
+        shards.append(ShardInfo(p.path, p.split, len(p.rows), nbytes, sha))
+        for image_id, (mask_sha, degree) in seen.items():
+            index[image_id] = (p.split, mask_sha)
+            degrees[image_id] = degree
+
+    if executor is not None:
+        results = _write_through(executor, folder, planned, ws, sizes, row_group_rows, progress)
+        for p, (sha, nbytes, seen) in zip(planned, results, strict=True):
+            record(p, sha, nbytes, seen)
+        return WrittenShards(shards, index, degrees)
     with ThreadPoolExecutor(1, thread_name_prefix="release-fsync") as syncing:
         synced = []  # each shard is fsync'd while the next one is written
-        for s in split_names:
-            split_rows = [c for c in rows if assigned[c.image_id] == s]
-            if not split_rows:
-                continue
-            planned = _plan_shards([(c, sizes[c.image_id]) for c in split_rows], shard_bytes)
-            for i, shard_rows in enumerate(planned):
-                rel = shard_path(s, i, len(planned))
-                sha, seen = write_shard(folder / rel, shard_rows, s, ws, sizes, row_group_rows,
-                                        fsync=False)
-                synced.append(syncing.submit(fsync_file, folder / rel))
-                shards.append(ShardInfo(rel, s, len(shard_rows), (folder / rel).stat().st_size,
-                                        sha))
-                for image_id, (mask_sha, degree) in seen.items():
-                    index[image_id] = (s, mask_sha)
-                    degrees[image_id] = degree
-                if progress:
-                    progress(len(shard_rows))
+        for p in planned:
+            sha, seen = write_shard(folder / p.path, p.rows, p.split, ws, sizes, row_group_rows,
+                                    fsync=False)
+            synced.append(syncing.submit(fsync_file, folder / p.path))
+            record(p, sha, (folder / p.path).stat().st_size, seen)
+            if progress:
+                progress(len(p.rows))
         for done in synced:
             done.result()
     return WrittenShards(shards, index, degrees)
