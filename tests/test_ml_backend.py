@@ -151,8 +151,9 @@ def test_a_dpn_checkpoint_predicts_through_the_backend(checkpoints, tmp_path):  
     ("/data/local-files/", "has no ?d="),
     ("/data/upload/1/p0.jpg", "not a Label Studio local-files URL"),
     ("https://example.com/p0.jpg", "not a Label Studio local-files URL"),
-    ("s3://objects/blur/ab/p0.jpg", "is on a remote object store and this ML backend serves a "
-                                    "workspace whose objects are local files"),
+    ("s3://objects/blur/ab/p0.jpg",
+     ("is on a remote object store and this ML backend serves a workspace whose objects are "
+      "local files")),
 ])
 def test_images_outside_the_document_root_are_refused(backend, image, message):
     url, root = backend
