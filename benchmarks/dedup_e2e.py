@@ -52,12 +52,14 @@ from realphotos import default_photos_dir, load_photos
 _PHOTOS: list[tuple[str, Image.Image]] = []  # a writer process's photos
 
 
-def _crop(im: Image.Image, rng: np.random.Generator, lo: float, hi: float) -> Image.Image:
+def _crop(im: Image.Image, rng: np.random.Generator, lo: float, hi: float,
+          size: tuple[int, int] = SIZE,
+          resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
     w = int(min(im.width, im.height * 4 / 3) * rng.uniform(lo, hi))
     h = int(w * 3 / 4)
     x = int(rng.integers(0, im.width - w + 1))
     y = int(rng.integers(0, im.height - h + 1))
-    return im.crop((x, y, x + w, y + h)).resize(SIZE, Image.Resampling.LANCZOS)
+    return im.crop((x, y, x + w, y + h)).resize(size, resample)
 
 
 def _init(photos_dir: str) -> None:
@@ -65,16 +67,15 @@ def _init(photos_dir: str) -> None:
 
 
 def _web_image(rng: np.random.Generator, kind: str) -> Image.Image:
-    def crop() -> Image.Image:
-        _name, im = _PHOTOS[int(rng.integers(len(_PHOTOS)))]
-        return _crop(im, rng, 0.22, 0.40)
+    def photo() -> Image.Image:
+        return _PHOTOS[int(rng.integers(len(_PHOTOS)))][1]
 
     if kind == "crops":
-        return crop()
+        return _crop(photo(), rng, 0.22, 0.40)
     out = Image.new("RGB", SIZE)
     half = (SIZE[0] // 2, SIZE[1] // 2)
     for k in range(4):
-        out.paste(crop().resize(half, Image.Resampling.BILINEAR),
+        out.paste(_crop(photo(), rng, 0.22, 0.40, half, Image.Resampling.BILINEAR),
                   ((k % 2) * half[0], (k // 2) * half[1]))
     return out
 
