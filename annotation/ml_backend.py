@@ -207,10 +207,9 @@ class Backend:
     def _local(self, images: list[Path | str]) -> list[Path]:
         """The images as local files, the remote store's objects fetched (once, by content)
         into the workspace's cache in one go."""
-        rels = [i for i in images if isinstance(i, str)]
-        if not rels:
+        rels = [i for i in images if isinstance(i, str)]  # only a remote store gives these
+        if not rels or self.remote is None:
             return list(images)  # type: ignore[arg-type]
-        assert self.remote is not None
         try:
             fetched = dict(zip(rels, self.remote.fetch(rels), strict=True))
         except NotFoundError as e:
