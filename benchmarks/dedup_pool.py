@@ -89,9 +89,9 @@ def outcome(ws: Path) -> tuple[dict, dict, set]:
     return verdicts, summary, excluded
 
 
-def on_dask(data: Path, args: argparse.Namespace) -> tuple[float, float, bool]:
+def on_dask(data: Path, args: argparse.Namespace) -> tuple[float, float, Path]:
     """The same commands with --dask-address of a LocalCluster of 2 worker processes:
-    (ingest seconds, dedup seconds, whether the catalog's outcome is the local run's)."""
+    (ingest seconds, dedup seconds, the workspace they ran in)."""
     from distributed import LocalCluster
     ws = data / f"ws-dask-{time.strftime('%Y%m%d-%H%M%S')}"
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,

@@ -10,6 +10,7 @@ remembered one is refused (edit the file to change it).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -146,6 +147,12 @@ class Workspace:
             return self
         cache = store.local(relpaths, self.root / "cache" / "objects")
         return replace(self, objects_url=str(cache.root))
+
+    def local_object_paths(self, relpaths: Sequence[str]) -> list[Path]:
+        """Local files holding these objects (for the pre-labellers and the ML backend): the
+        store's own files, or for a remote store the local cache (``cache/objects``)."""
+        local = self.with_local_objects(relpaths)
+        return [local.objects.root / rel for rel in relpaths]
 
     def catalog(self) -> Catalog:
         return Catalog(self.catalog_url)

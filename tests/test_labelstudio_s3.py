@@ -141,7 +141,6 @@ def test_the_ml_backend_predicts_s3_images_through_the_store(label_studio, s3, t
     import threading
 
     from blurset.annotation.ml_backend import Backend, RemoteObjects, RequestError, make_server
-    from blurset.pipeline.stages.labelling.push import object_paths
     from blurset.pipeline.stages.prelabel import make_prelabeller, prediction_mask
 
     errors: list[str] = []
@@ -164,7 +163,7 @@ def test_the_ml_backend_predicts_s3_images_through_the_store(label_studio, s3, t
     cached = ws.root / "cache" / "objects" / rel
     shutil.rmtree(ws.root / "cache", ignore_errors=True)  # the backend fetches it itself
     predictor = make_prelabeller("lbp")
-    remote = RemoteObjects(ws.objects.url, lambda rels: object_paths(ws, rels))
+    remote = RemoteObjects(ws.objects.url, ws.local_object_paths)
     backend = Recording(predictor, label_studio.document_root, storage=[], remote=remote)
     server = make_server(backend, "127.0.0.1", 0, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

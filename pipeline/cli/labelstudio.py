@@ -103,7 +103,6 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
     """Run the ML backend in the foreground (what `up` starts in the background)."""
     from blurset.annotation.ml_backend import Backend, RemoteObjects, make_server
     from blurset.annotation.server import document_root as default_root
-    from blurset.pipeline.stages.labelling.push import object_paths
     from blurset.pipeline.stages.prelabel import make_prelabeller
     from blurset.pipeline.store import RemoteObjectStore
     predictor = make_prelabeller(_model_spec(checkpoint))
@@ -113,7 +112,7 @@ def serve(c: Ctx, checkpoint: str, host: str, port: int, document_root: Path | N
     if isinstance(store, RemoteObjectStore):
         # the project's storage is the store itself (annotate push connects it): its objects
         # are fetched through the store into the cache push uses; local files only from --storage
-        remote = RemoteObjects(store.url, lambda rels: object_paths(ws, rels))
+        remote = RemoteObjects(store.url, ws.local_object_paths)
         folders = list(storage)
         where = f"objects of {store.url}, cached in {ws.root / 'cache' / 'objects'}"
     else:

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from blurset.errors import InputError, NotFoundError
 from blurset.pipeline.catalog import Catalog
-from blurset.pipeline.stages.dedup import HashRecord, Match, find_duplicates
+from blurset.pipeline.stages.dedup import HashRecord, Match, Matches, find_duplicates
 from blurset.pipeline.stages.dedup.search import DEFAULT_THRESHOLD, is_exact, resolve_index
 from blurset.pipeline.stages.hashing import ImageHashes
 from blurset.pipeline.store import ObjectStore
@@ -114,12 +114,12 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
 
     # Near duplicates among distinct contents; a person's decision overrides the verifier.
     decided = catalog.decisions()
-    matches: list[Match] = find_duplicates(
+    matches: Matches = find_duplicates(
         [HashRecord(i, hashes_by_id[i]) for i in ref_ids],
         [HashRecord(i, hashes_by_id[i]) for i in cand_ids],
         threshold=threshold, progress=progress, executor=executor, index=index,
         verify_pairs=verify, decided={pair: d["decision"] for pair, d in decided.items()})
-    proposed, verified = matches.proposed, len(matches)
+    verified = len(matches)  # before the pairs only a person found are added
     # A person's "duplicate" adds a pair the search did not find.
     position = {image_id: i for i, image_id in enumerate([*ref_ids, *cand_ids])}
     found = {tuple(sorted((m.candidate, m.reference))) for m in matches}
@@ -142,6 +142,8 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
                 add(p, m.candidate, ref_path, m.reference, max(m.distance, 0), method, m.score,
                     verdict, d["decision"] if d is not None else None)
 
+    radius = DEFAULT_THRESHOLD if threshold is None else threshold
+    resolved = resolve_index(index, len(ref_ids) + len(cand_ids), radius)
     by_method = Counter(f["method"] for f in findings if f["verdict"] == "duplicate")
     summary = {
         "reference": reference,
@@ -157,13 +159,14 @@ def run_dedup(catalog: Catalog, reference: str, threshold: int | None = None,
         "excluded_paths": len(exclusions),
         "excluded_as_reference_duplicates": sum(1 for r in exclusions.values() if "of reference" in r),
         "by_method": dict(sorted(by_method.items())),
+        "index": resolved,
+        # False: the block index beyond its exact radius may have missed pairs far apart
+        "search_exact": is_exact(resolved, radius),
+        # "first": each candidate's pairs verified until its first duplicate, the rest skipped
+        "verify": verify,
+        "pairs_proposed": matches.proposed,
+        "pairs_verified": verified,
     }
-    radius = DEFAULT_THRESHOLD if threshold is None else threshold
-    summary["index"] = resolve_index(index, len(ref_ids) + len(cand_ids), radius)
-    # False: the block index beyond its exact radius may have missed pairs far apart
-    summary["search_exact"] = is_exact(summary["index"], radius)
-    # "first": each candidate's pairs verified until its first duplicate, the rest skipped
-    summary.update(verify=verify, pairs_proposed=proposed, pairs_verified=verified)
     return DedupOutcome(findings, exclusions, summary)
 
 

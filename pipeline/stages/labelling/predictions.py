@@ -10,7 +10,6 @@ from blurset.annotation.client import Client
 from blurset.annotation.export import parse_export
 from blurset.pipeline.catalog import Catalog
 from blurset.pipeline.stages.labelling.project import existing_project
-from blurset.pipeline.stages.labelling.push import object_paths
 from blurset.pipeline.stages.prelabel import Prelabeller, make_prelabeller
 from blurset.pipeline.workspace import Workspace
 
@@ -81,6 +80,6 @@ def plan_prelabels(catalog: Catalog, client: Client, project: str, model_version
 def prelabel_batch(client: Client, ws: Workspace, labeller: Prelabeller, project_id: int,
                    batch: Sequence[dict]) -> int:
     """Predict a batch of planned tasks and add the predictions in one request."""
-    preds = labeller.predict(object_paths(ws, [t["object_path"] for t in batch]))
+    preds = labeller.predict(ws.local_object_paths([t["object_path"] for t in batch]))
     return client.create_predictions(project_id, [(t["task_id"], p)
                                                   for t, p in zip(batch, preds, strict=True)])

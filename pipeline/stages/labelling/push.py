@@ -219,18 +219,11 @@ def s3_storage(ws: Workspace) -> S3Storage | None:
     return S3Storage.of(store.url, store.fs)
 
 
-def object_paths(ws: Workspace, relpaths: Sequence[str]) -> list:
-    """Local files holding these objects, for the pre-labellers: the store's own files, or
-    for a remote store a local cache fetched through it (``WORKSPACE/cache/objects``)."""
-    local = ws.with_local_objects(relpaths)
-    return [local.objects.root / rel for rel in relpaths]
-
-
 def _predict(labeller: Prelabeller | None, ws: Workspace, rows: list[dict]) -> dict[str, dict]:
     """image id → the pre-labeller's prediction, one call for the batch."""
     if labeller is None or not rows:
         return {}
-    preds = labeller.predict(object_paths(ws, [r["object_path"] for r in rows]))
+    preds = labeller.predict(ws.local_object_paths([r["object_path"] for r in rows]))
     return {r["image_id"]: p for r, p in zip(rows, preds, strict=True)}
 
 
