@@ -62,6 +62,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | poly (power 0.9) | cosine, over all steps
     boundary_weight: float | None = None  # None: 1.0 for the deb+bl variant, else 0.0
     scale_weights: tuple[float, ...] | None = None  # per output scale; None: dpn_loss default
+    flat_sharp_weight: float = 1.0  # BCE weight of sharp-labelled pixels without texture
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes (per process); decoding is cheap here
@@ -157,7 +158,7 @@ class TrainConfig:
 
 
 _INT = ("input_size", "batch_size", "epochs", "seed", "num_workers", "val_every", "max_steps")
-_FLOAT = ("lr", "weight_decay", "momentum", "boundary_weight")
+_FLOAT = ("lr", "weight_decay", "momentum", "boundary_weight", "flat_sharp_weight")
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
@@ -250,6 +251,9 @@ def _check(c: TrainConfig) -> list[str]:
     if c.boundary_weight is not None and c.boundary_weight < 0:
         errors.append(f"boundary_weight = {c.boundary_weight!r} must be ≥ 0 (or null for "
                       "the variant's default)")
+    if not isinstance(c.flat_sharp_weight, float | int) or not 0 <= c.flat_sharp_weight <= 1:
+        errors.append(f"flat_sharp_weight = {c.flat_sharp_weight!r} must be in [0, 1] (1: every "
+                      "pixel counts the same)")
     if c.amp not in ("auto", True, False):
         errors.append(f"amp = {c.amp!r} must be auto, true or false")
     if not isinstance(c.augment, Augment):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from blurset.model.config import TrainConfig
-from blurset.model.losses import dpn_loss
+from blurset.model.losses import dpn_loss, flat_sharp_weights
 from blurset.model.metrics import ClassicMetrics
 from blurset.model.setup import Distributed, lr_factor
 
@@ -53,8 +53,10 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
             group["lr"] = config.lr * lr_factor(config.lr_schedule, step, total_steps)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             outputs = model(x)  # [(B,1,S,S), (B,1,S/2,S/2), …]
+        pixel_weights = (flat_sharp_weights(x, y, config.flat_sharp_weight)
+                         if config.flat_sharp_weight != 1.0 else None)
         loss, parts = dpn_loss([o.float() for o in outputs], y, boundary_weight=boundary_weight,
-                               scale_weights=config.scale_weights)
+                               scale_weights=config.scale_weights, pixel_weights=pixel_weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

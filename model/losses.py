@@ -13,10 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEFAULT_BOUNDARY_WEIGHT", "boundary_loss", "dpn_loss", "sobel_magnitude"]
+__all__ = ["DEFAULT_BOUNDARY_WEIGHT", "FLAT_GRADIENT", "boundary_loss", "dpn_loss", "flat_sharp_weights",
+           "sobel_magnitude"]
 
 DEFAULT_BOUNDARY_WEIGHT = 1.0  # λ for the "deb+bl" variant when the training config gives none
 _GRAD_EPS = 1e-6  # inside the square root: keeps d|∇|/dx finite where the map is flat
+
+FLAT_GRADIENT = 0.01  # mean Sobel magnitude (grey in [0, 1]) below which a window shows no texture
+_FLAT_WINDOW = 9  # side of that window, input pixels
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0
 
@@ -41,12 +45,30 @@ def boundary_loss(prob: Tensor, target: Tensor) -> Tensor:
     return (sobel_magnitude(prob) - sobel_magnitude(target)).abs().mean()
 
 
+def flat_sharp_weights(images: Tensor, target: Tensor, weight: float) -> Tensor:
+    """Per-pixel BCE weights ``(B, 1, H, W)``: ``weight`` where a pixel is labelled sharp but its
+    neighbourhood in the input has no texture (mean Sobel magnitude of the grey image over a
+    window below ``FLAT_GRADIENT``), 1 elsewhere.
+
+    A flat sky or wall carries no evidence of sharpness: whether it is in focus cannot be seen.
+    Labelled sharp at full weight, such areas of the training photos teach that smooth means
+    sharp, while in blur datasets a smooth area is mostly a blurred one. ``images`` are
+    ``(B, 3, H, W)`` in [0, 1], as the DPN takes them."""
+    grey = (0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]).float()
+    texture = F.avg_pool2d(sobel_magnitude(grey), _FLAT_WINDOW, stride=1,
+                           padding=_FLAT_WINDOW // 2, count_include_pad=False)
+    flat_sharp = (texture < FLAT_GRADIENT) & (target < 0.5)
+    return torch.where(flat_sharp, torch.full_like(texture, float(weight)),
+                       torch.ones_like(texture))
+
+
 def dpn_loss(
     outputs: Sequence[Tensor],
     target: Tensor,
     *,
     boundary_weight: float = 0.0,
     scale_weights: Sequence[float] | None = None,
+    pixel_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Multi-scale BCE plus (when ``boundary_weight > 0``) the boundary penalty.
 
@@ -56,6 +78,8 @@ def dpn_loss(
         target: ground truth ``(B, 1, H, W)``, float in ``[0, 1]``, 1 = blurred (mask / 255).
         boundary_weight: λ of the boundary term; 0 leaves it out (variants other than "deb+bl").
         scale_weights: one weight per output (default 1 for each).
+        pixel_weights: BCE weights ``(B, 1, H, W)`` at the target's size (area-averaged for the
+            coarser outputs), e.g. :func:`flat_sharp_weights`; None weighs every pixel 1.
 
     Returns:
         The total loss (a scalar tensor to backpropagate) and its parts as floats for logging:
@@ -107,7 +131,11 @@ def dpn_loss(
         scaled = target if out.shape[-2:] == target.shape[-2:] else F.interpolate(
             target, size=out.shape[-2:], mode="area"
         )  # (B, 1, h, w): fraction of blurred pixels under each output pixel
-        bce = bce + w * F.binary_cross_entropy_with_logits(out, scaled.to(out.dtype))
+        pw = None
+        if pixel_weights is not None:
+            pw = pixel_weights if out.shape[-2:] == target.shape[-2:] else F.interpolate(
+                pixel_weights, size=out.shape[-2:], mode="area")
+        bce = bce + w * F.binary_cross_entropy_with_logits(out, scaled.to(out.dtype), weight=pw)
     total = bce
     boundary = target.new_zeros(())
     if boundary_weight > 0:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from blurset.model.dpn import VARIANTS, DPNConfig, build_dpn, count_flops, load_backbone_weights
-from blurset.model.losses import boundary_loss, dpn_loss, sobel_magnitude
+from blurset.model.losses import boundary_loss, dpn_loss, flat_sharp_weights, sobel_magnitude
 
 TINY = 0.125  # width multiplier of the test models: F1…F5 have 8, 16, 32, 64, 64 channels
 
@@ -297,3 +297,22 @@ def test_loss_rejects_bad_shapes_and_values():
         dpn_loss(outputs, y, boundary_weight=-1.0)
     with pytest.raises(ValueError, match=r"outputs\[1\]"):
         dpn_loss([outputs[0], torch.zeros(1, 2, 16, 16)], y)
+
+
+def test_flat_sharp_pixels_weigh_less():
+    """Sharp-labelled pixels without texture get the weight; textured or blurred ones keep 1, and
+    unit weights change nothing."""
+    torch.manual_seed(0)
+    images = torch.full((1, 3, 32, 64), 0.5)
+    images[..., :32] = torch.rand(1, 3, 32, 32)  # left: texture, right: flat
+    target = torch.zeros(1, 1, 32, 64)
+    target[..., 48:] = 1.0  # the right quarter is labelled blurred
+    w = flat_sharp_weights(images, target, 0.2)
+    assert w.shape == (1, 1, 32, 64)
+    assert torch.all(w[..., :24] == 1) and torch.all(w[..., 48:] == 1)
+    assert torch.allclose(w[..., 40:46], torch.tensor(0.2))
+    outputs = [torch.randn(1, 1, 32, 64), torch.randn(1, 1, 16, 32)]
+    plain, _ = dpn_loss(outputs, target)
+    unit, _ = dpn_loss(outputs, target, pixel_weights=torch.ones_like(target))
+    weighted, _ = dpn_loss(outputs, target, pixel_weights=w)
+    assert torch.allclose(plain, unit) and not torch.allclose(plain, weighted)

@@ -425,3 +425,19 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path):
     assert ckpt["step"] == 5  # 40 samples, 20 a rank, batches of 4
     assert ckpt["metrics"]["val_images"] == 4  # validation split between ranks, summed
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_run_from_before_flat_sharp_weight_resumes_at_its_default():
+    from blurset.model.checkpoint import resume_problems
+
+    now = tiny_config().resolved()
+    before = {k: v for k, v in now.items() if k != "flat_sharp_weight"}
+    assert now["flat_sharp_weight"] == 1.0
+    release = {"name": "toy", "version": "1.0.0", "split": "train", "fingerprint": "f"}
+    run = {"config": before, "releases": {"train": release}}
+    assert resume_problems(run, now, release, None) == []
+    changed = {**now, "flat_sharp_weight": 0.2}
+    assert resume_problems(run, changed, release, None) == [
+        "flat_sharp_weight: 1.0 in the run, 0.2 now"]
+    with pytest.raises(ConfigError, match="flat_sharp_weight"):
+        TrainConfig.from_dict({"flat_sharp_weight": 2})
