@@ -142,3 +142,73 @@ def test_pretrained_prelabeller_gives_mask_and_type(tmp_path):
     (pred,) = labeller.predict([tmp_path / "a.png"])
     kinds = [r["value"].get("choices") for r in pred["result"] if "choices" in r["value"]]
     assert kinds and kinds[0][0] in ("motion", "defocus")
+
+
+def test_no_naturally_blurred_photo_is_trained_on():
+    """A training photo's area outside the composite's mask is labelled sharp: a photo with natural
+    depth of field there would teach that real defocus is sharp, and the real-blur benchmark's
+    photos must be unseen."""
+    import json
+    from pathlib import Path
+
+    from blurset.model.pretrained import (
+        HELDOUT_PHOTOS,
+        NATURAL_BLUR_PHOTOS,
+        SHARP_CROPS,
+        TRAIN_PHOTOS,
+    )
+
+    train = {(c, n) for c, names in TRAIN_PHOTOS.items() for n in names}
+    natural = {(c, n) for c, names in NATURAL_BLUR_PHOTOS.items() for n in names}
+    heldout = {(c, n) for c, names in HELDOUT_PHOTOS.items() for n in names}
+    assert not train & natural and not train & heldout
+    painted = json.loads((Path(__file__).parents[1] / "benchmarks" / "data" / "realblur.json")
+                         .read_text())["photos"]
+    assert len(painted) >= 10
+    assert all((p["collection"], p["name"]) in natural | heldout for p in painted)
+    assert set(SHARP_CROPS) <= {n for _, n in train}
+    assert all(0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 for x0, y0, x1, y1 in SHARP_CROPS.values())
+
+
+def test_link_photos_crops_the_sharp_part(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import blurset.model.pretrained as pt
+
+    src = tmp_path / "src"
+    for collection, names in pt.TRAIN_PHOTOS.items():
+        (src / collection).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (200, 100), (10, 20, 30)).save(src / collection / name, "JPEG")
+    monkeypatch.setattr(pt, "HELDOUT_PHOTOS", {})
+    counts = pt.link_photos(src, tmp_path / "dest")
+    assert counts == {"train": sum(map(len, pt.TRAIN_PHOTOS.values())), "heldout": 0}
+    (collection,) = [c for c, names in pt.TRAIN_PHOTOS.items() if "GreenMeadow.jpg" in names]
+    out = tmp_path / "dest" / "train" / collection
+    x0, y0, x1, y1 = pt.SHARP_CROPS["GreenMeadow.jpg"]
+    with Image.open(out / "GreenMeadow.crop.png") as im:
+        assert im.size == (round((x1 - x0) * 200), round((y1 - y0) * 100))
+    assert not (out / "GreenMeadow.jpg").exists()
+    kept = [(c, n) for c, names in pt.TRAIN_PHOTOS.items() for n in names if n not in pt.SHARP_CROPS]
+    assert kept and all((tmp_path / "dest" / "train" / c / n).is_symlink() for c, n in kept)
+
+
+def test_realblur_masks_render_as_painted():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "realblur.py"
+    spec = importlib.util.spec_from_file_location("realblur", path)
+    realblur = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(realblur)
+    square = [{"polygon": [[0, 0], [50, 0], [50, 50], [0, 50]]}]
+    inside = realblur.render_mask(square, "inside", 100, 200)
+    assert inside.shape == (100, 200) and set(np.unique(inside)) == {0, 255}
+    assert inside[10, 10] == 255 and inside[80, 150] == 0 and abs((inside > 0).mean() - 0.25) < 0.02
+    outside = realblur.render_mask([{"ellipse": [50, 50, 10, 20]}], "outside", 100, 200)
+    assert outside[50, 100] == 0 and outside[5, 5] == 255
+    with pytest.raises(ValueError, match="polygon or an ellipse"):
+        realblur.render_mask([{"circle": [1, 2, 3]}], "inside", 10, 10)
+    for entry in realblur.json.loads(realblur.MASKS.read_text())["photos"]:
+        mask = realblur.render_mask(entry["shapes"], entry["blurred"], 60, 80)
+        assert 0.05 < (mask > 0).mean() < 0.98, entry["name"]
