@@ -83,15 +83,23 @@ def _library_folder(collection: str) -> Path:
 
 
 def _write_crop(src: Path, dest: Path, box: tuple[float, float, float, float]) -> None:
-    """The sharp part of a photo, lossless (PNG), written once."""
+    """The sharp part of a photo, lossless (PNG), written once and atomically (a run killed
+    halfway leaves no partial crop for the next run to take)."""
     if dest.exists():
         return
+    import io
+
     from PIL import Image
+
+    from blurset.fileio import atomic_write
     with Image.open(src) as im:
         w, h = im.size
         x0, y0, x1, y1 = box
-        im.convert("RGB").crop((round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
-                               ).save(dest)
+        crop = im.convert("RGB").crop((round(x0 * w), round(y0 * h), round(x1 * w),
+                                       round(y1 * h)))
+    buf = io.BytesIO()
+    crop.save(buf, "PNG")
+    atomic_write(dest, buf.getvalue())
 
 
 def link_photos(src: str | os.PathLike, dest: str | os.PathLike) -> dict[str, int]:
