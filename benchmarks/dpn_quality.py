@@ -108,9 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def default_sheet_photos() -> list[str]:
-    from blurset.model.pretrained import HELDOUT_PHOTOS, _library_folder
+    from blurset.model.pretrained import HELDOUT_PHOTOS, photo_file
 
-    return [str(_library_folder(c) / name) for c, names in HELDOUT_PHOTOS.items()
+    return [str(photo_file(".", c, name)) for c, names in HELDOUT_PHOTOS.items()
             if c.startswith("scikit-") for name in names]
 
 

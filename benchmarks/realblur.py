@@ -52,18 +52,13 @@ def render_mask(shapes: Sequence[dict], blurred: str, h: int, w: int):
     return inside if blurred == "inside" else 255 - inside
 
 
-def photo_path(photos: Path, collection: str, name: str) -> Path:
-    if collection.startswith("scikit-"):
-        from blurset.model.pretrained import _library_folder
-        return _library_folder(collection) / name
-    return photos / collection / name
-
-
 def write_source(photos: Path, out: Path, size: int) -> list[dict]:
     """The CUHK-layout source of the painted photos under ``out``; returns what went where."""
     import cv2
     import numpy as np
     from PIL import Image
+
+    from blurset.model.pretrained import photo_file
 
     table = json.loads(MASKS.read_text())["photos"]
     (out / "image").mkdir(parents=True, exist_ok=True)
@@ -71,9 +66,10 @@ def write_source(photos: Path, out: Path, size: int) -> list[dict]:
     counts: dict[str, int] = {}
     written = []
     for entry in table:
-        src = photo_path(photos, entry["collection"], entry["name"])
-        if not src.is_file():
-            raise SystemExit(f"photo {src} is missing: run scripts/fetch_photos.sh {photos} first")
+        try:
+            src = photo_file(photos, entry["collection"], entry["name"])
+        except FileNotFoundError as e:
+            raise SystemExit(str(e)) from None
         with Image.open(src) as im:
             rgb = np.asarray(im.convert("RGB"))
         h, w = rgb.shape[:2]

@@ -11,6 +11,7 @@ path is: this module is the one place that resolves it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import io
 import os
@@ -44,7 +45,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "blurset-checkpoint/1"
 RESUMABLE_KEYS = ("epochs", "max_steps", "num_workers", "val_every")  # may change on resume
-ADDED_KEYS = {"flat_sharp_weight": 1.0}  # config keys added later, with the value runs before had
 WEIGHT_KEYS = ("model", "optimizer", "scaler")  # what load_checkpoint's metadata leaves out
 PRETRAINED = "pretrained"  # the checkpoint shipped as package data
 
@@ -158,9 +158,14 @@ def _show_release(r: dict | None) -> str:
 def resume_problems(ckpt: dict, config: dict, train: dict, val: dict | None) -> list[str]:
     """What differs between a checkpoint's run and the run asked for now (resolved config,
     release provenance), ignoring :data:`RESUMABLE_KEYS`; empty when it may be resumed."""
+    from blurset.model.config import TrainConfig
+
     old, new = _flatten(ckpt.get("config") or {}), _flatten(config)
-    for key, default in ADDED_KEYS.items():  # a run from before the key existed had its default
-        old.setdefault(key, default)
+    # a run's resolved config holds every key of its day: a key missing was added since, and
+    # the run had its default (a new key's default leaves training as it was)
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            old.setdefault(f.name, f.default)
     problems = [f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now"
                 for k in sorted(set(old) | set(new))
                 if k.split(".")[0] not in RESUMABLE_KEYS and old.get(k) != new.get(k)]

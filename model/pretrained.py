@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["HELDOUT_PHOTOS", "NATURAL_BLUR_PHOTOS", "SHARP_CROPS", "TRAIN_PHOTOS",
-           "export_pretrained", "link_photos", "recipe"]
+           "export_pretrained", "link_photos", "photo_file", "recipe"]
 
 TRAIN_N, HELDOUT_N, SIZE = 2400, 300, 320  # composites; long side in pixels
 
@@ -82,6 +82,18 @@ def _library_folder(collection: str) -> Path:
     return Path(sklearn.datasets.__file__).parent / "images"
 
 
+def photo_file(src: str | os.PathLike, collection: str, name: str) -> Path:
+    """One listed photo's file: scikit-image's and scikit-learn's from the installed library,
+    the Debian packages' from ``src`` (the folder ``scripts/fetch_photos.sh`` filled);
+    :class:`FileNotFoundError` naming the fix when it is missing."""
+    folder = (_library_folder(collection) if collection.startswith("scikit-")
+              else Path(src) / collection)
+    if not (folder / name).is_file():
+        raise FileNotFoundError(f"photo {folder / name} is missing: run "
+                                f"scripts/fetch_photos.sh {src} first")
+    return folder / name
+
+
 def _write_crop(src: Path, dest: Path, box: tuple[float, float, float, float]) -> None:
     """The sharp part of a photo, lossless (PNG), written once and atomically (a run killed
     halfway leaves no partial crop for the next run to take)."""
@@ -111,21 +123,16 @@ def link_photos(src: str | os.PathLike, dest: str | os.PathLike) -> dict[str, in
     for role, table in (("train", TRAIN_PHOTOS), ("heldout", HELDOUT_PHOTOS)):
         n = 0
         for collection, names in table.items():
-            folder = (_library_folder(collection) if collection.startswith("scikit-")
-                      else src / collection)
             out = dest / role / collection
             out.mkdir(parents=True, exist_ok=True)
             for name in names:
-                if not (folder / name).is_file():
-                    raise FileNotFoundError(f"photo {folder / name} is missing: run "
-                                            f"scripts/fetch_photos.sh {src} first")
+                photo = photo_file(src, collection, name)
                 if role == "train" and name in SHARP_CROPS:
-                    _write_crop(folder / name, out / f"{Path(name).stem}.crop.png",
-                                SHARP_CROPS[name])
+                    _write_crop(photo, out / f"{Path(name).stem}.crop.png", SHARP_CROPS[name])
                 else:
                     link = out / name
                     if not link.exists():
-                        link.symlink_to((folder / name).resolve())
+                        link.symlink_to(photo.resolve())
                 n += 1
         counts[role] = n
     return counts
