@@ -23,6 +23,7 @@ from prefect_server import clean_env
 
 from blurset.pipeline.stages import dedup
 from blurset.pipeline.stages.dedup import HashRecord, find_duplicates
+from blurset.pipeline.stages.dedup.search import BlockIndex
 from blurset.pipeline.stages.hashing import hash_opened
 
 SOURCES = (("cuhk", "cuhk"), ("msra10k", "msra10k"), ("dut-omron", "dut-omron"),
@@ -80,11 +81,32 @@ def test_verification_through_an_executor_gives_the_same_verdicts(look_alikes, m
     assert executor.calls["_verify_packed"] == -(-len(local) // 7)
     n_ref, n_cand = 20, len(look_alikes) - 20  # references, then candidates, as query shards
     assert executor.calls["_flat_shard"] == -(-n_ref // 16) + -(-n_cand // 16)
-    with CountingExecutor() as executor:  # blocks search here; first-duplicate rounds there
+    with CountingExecutor() as executor:  # block-index shards and first-duplicate rounds
         first = find_duplicates(look_alikes[:20], look_alikes[20:], executor=executor,
                                 index="blocks", verify_pairs="first")
     assert first == find_duplicates(look_alikes[:20], look_alikes[20:], workers=1,
                                     index="blocks", verify_pairs="first")
+    assert executor.calls["_block_shard"] == -(-n_ref // 16) + -(-n_cand // 16)
+
+
+def test_a_worker_builds_the_block_index_once_per_database(monkeypatch):
+    rng = np.random.default_rng(5)
+    database = rng.integers(0, 2**63, 300, dtype=np.uint64)
+    # query image i (also database row i, so never its own hit) is 2 bits from row i + 1
+    queries = np.roll(database, -1)[:, None] ^ np.uint64(0b101)
+    built = []
+    monkeypatch.setattr(dedup.search, "BlockIndex",
+                        lambda db: built.append(len(db)) or dedup.search._BlockIndex(db))
+    monkeypatch.setattr(dedup.search, "_BlockIndex", BlockIndex, raising=False)
+    monkeypatch.setattr(dedup.search, "_WORKER_INDEX", {})
+    first = dedup.search._block_shard(queries[:100], database, 4, 0, 0)
+    second = dedup.search._block_shard(queries[100:], database, 4, 100, 0)
+    assert built == [300]  # the second shard reuses the index
+    assert len(first[0]) == 100 and len(second[0]) == 200
+    assert (first[0] == 2).all() and (first[3] == first[1] + 1).all()
+    assert (second[3] == (second[1] + 101) % 300).all()  # shard-local queries, global rows
+    dedup.search._block_shard(queries[:10], database[:50], 4, 0, 0)
+    assert built == [300, 50] and len(dedup.search._WORKER_INDEX) == 1
 
 
 def test_a_packed_chunk_carries_only_the_thumbs_it_needs(look_alikes):
@@ -231,6 +253,19 @@ def test_the_sample_on_a_dask_cluster_equals_a_local_run(tmp_path, cluster):
     assert {"ingest_batch_task", "verify_packed", "write_planned_shard"} <= set(ran), ran
     # with no server configured, each command kept Prefect in its workspace
     assert (tmp_path / "dask" / ".prefect" / "prefect.db").is_file()
+
+
+@pytest.mark.integration
+def test_block_index_shards_on_the_cluster_find_the_same_pairs(look_alikes, cluster):
+    """The search above 10^5 images (the block index), sharded over the workers' processes."""
+    _, client = cluster
+    local = find_duplicates(look_alikes[:20], look_alikes[20:], workers=1, index="blocks")
+    assert len(local) > 10
+    remote = find_duplicates(look_alikes[:20], look_alikes[20:], index="blocks",
+                             executor=client.get_executor())
+    assert remote == local
+    ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert "block_shard" in ran, ran
 
 
 # (after the sample's run: its check of the scheduler's task prefixes sees the CLI's shards)

@@ -25,8 +25,10 @@ takes ``blocks`` where it is exact (``threshold`` ≤ :data:`BLOCK_EXACT_RADIUS`
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -434,13 +436,13 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
     against the candidates only (the pairs two references would make are never looked up).
     Only the nearest hit of each (query, target, mirror state, band) is kept.
 
-    ``executor`` (``concurrent.futures``, e.g. a Dask cluster's): the flat search's variant
-    lookups run there in shards of :data:`_SHARD` query images, each shard carrying its
-    queries and the database: the same hits. (The block index and the band lookups, cheap
-    beside it, run here.)"""
+    ``executor`` (``concurrent.futures``, e.g. a Dask cluster's): the variant lookups run there
+    in shards of query images, each carrying its queries and the database: the same hits. A
+    flat shard holds :data:`_SHARD` images; the block index is built once per worker process
+    and database (:func:`_block_shard`), so its shards are fewer and larger (at most
+    :data:`_BLOCK_SHARDS` per lookup). (The band lookups, cheap beside them, run here.)"""
     n = len(stored)
     lookup = _range_search if resolve_index(index, n, threshold) == "flat" else _block_search
-    sharded = executor is not None and lookup is _range_search
     found: list[tuple[np.ndarray, ...]] = []
     band: list[np.ndarray] = []
     # (query rows, target rows): references first, so that progress counts up to n
@@ -456,9 +458,9 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
             if progress is not None:
                 progress(q0 + k)
 
-        if sharded:
+        if executor is not None:
             parts = [_sharded_search(executor, variants[qs], stored[ts], threshold, q0, t0,
-                                     done)]
+                                     done, blocks=lookup is _block_search)]
         else:
             parts = [lookup(variants[qs], stored[ts], threshold, allowed, done, nearest=True)]
         for b in range(bands.shape[1]):
@@ -475,6 +477,7 @@ def search_hits(variants: np.ndarray, bands: np.ndarray, stored: np.ndarray, n_r
 
 
 _SHARD = 2048  # query images per task of a sharded flat search
+_BLOCK_SHARDS = 32  # tasks per sharded block-index lookup at most (each ships the database)
 
 
 def _flat_shard(queries: np.ndarray, database: np.ndarray, threshold: int, q0: int,
@@ -485,21 +488,44 @@ def _flat_shard(queries: np.ndarray, database: np.ndarray, threshold: int, q0: i
                          nearest=True)
 
 
+_WORKER_INDEX: dict[bytes, BlockIndex] = {}  # a worker process's block index, by database
+_WORKER_INDEX_LOCK = threading.Lock()
+
+
+def _block_shard(queries: np.ndarray, database: np.ndarray, threshold: int, q0: int,
+                 t0: int) -> tuple[np.ndarray, ...]:
+    """One shard of a sharded block-index search (as :func:`_flat_shard`). The process keeps
+    the index of the last database it was given, so each worker builds it once per lookup
+    however many shards it runs (threads of one worker wait for one build)."""
+    key = hashlib.blake2b(np.ascontiguousarray(database).view(np.uint8), digest_size=16).digest()
+    with _WORKER_INDEX_LOCK:
+        index = _WORKER_INDEX.get(key)
+        if index is None:
+            _WORKER_INDEX.clear()  # one index at a time: at 10^6 hashes it takes gigabytes
+            index = _WORKER_INDEX[key] = BlockIndex(database)
+    return _block_search(queries, database, threshold, lambda qi, tj: qi + q0 != tj + t0,
+                         index=index, nearest=True)
+
+
 def _sharded_search(executor: Executor, queries: np.ndarray, database: np.ndarray,
                     threshold: int, q0: int, t0: int,
-                    progress: Callable[[int], None] | None) -> tuple[np.ndarray, ...]:
-    """``_range_search(..., nearest=True)`` of query images ``q0``… against database images
-    ``t0``… (never an image against itself), its shards of :data:`_SHARD` images run through
-    ``executor.map``: the same hits, indices local to ``queries`` and ``database``."""
-    starts = range(0, len(queries), _SHARD)
+                    progress: Callable[[int], None] | None, *, blocks: bool = False
+                    ) -> tuple[np.ndarray, ...]:
+    """The lookup of query images ``q0``… against database images ``t0``… (never an image
+    against itself; the flat search's, or the block index's if ``blocks``), ``nearest=True``,
+    its shards run through ``executor.map``: the same hits, indices local to ``queries`` and
+    ``database``."""
+    size = max(_SHARD, -(-len(queries) // _BLOCK_SHARDS)) if blocks else _SHARD
+    starts = range(0, len(queries), size)
     parts = []
-    shards = executor.map(_flat_shard, [queries[s:s + _SHARD] for s in starts],
+    shards = executor.map(_block_shard if blocks else _flat_shard,
+                          [queries[s:s + size] for s in starts],
                           [database] * len(starts), [threshold] * len(starts),
                           [q0 + s for s in starts], [t0] * len(starts))
     for start, (d, q, v, t) in zip(starts, shards, strict=True):
         parts.append((d, q + start, v, t))
         if progress is not None:
-            progress(min(len(queries), start + _SHARD))
+            progress(min(len(queries), start + size))
     if not parts:
         return tuple(np.zeros(0, np.int64) for _ in range(4))
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
