@@ -130,6 +130,71 @@ def test_cli_push_to_s3_objects_and_a_server_down(label_studio, prefect_harness,
     assert_push_refused_with_server_down(runner, ws, "blur s3 cli", monkeypatch)
 
 
+def test_pull_status_review_and_a_release_from_masks_on_s3(label_studio, s3, tmp_path, request):
+    """People's masks pulled into an S3 workspace are stored on S3 (nothing local); status and
+    review read them, and the images, from there; a release built from the project holds them."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from blurset.annotation import rle
+    from blurset.annotation.config import BLUR_TYPE, brush_result, choice_result
+    from blurset.pipeline import release as R
+    from blurset.pipeline.stages.labelling import pull, review, status
+
+    ws = s3_workspace(tmp_path)
+    catalog, client = ws.catalog(), connect()
+    request.addfinalizer(client.close)
+    request.addfinalizer(catalog.close)
+    r = push(catalog, client, ws, "blur s3 pull", sources=["cand"])
+    tasks = {t["rel_path"]: t["task_id"] for t in catalog.tasks(client.conn.url, r.project_id)}
+    ann, bob = (client.ensure_user(f"{n}-s3@blurset.local") for n in ("ann", "bob"))
+    h, w = 200, 300
+    left = np.zeros((h, w), np.uint8)
+    left[10:190, 10:160] = 255
+    right = np.zeros((h, w), np.uint8)
+    right[10:190, 140:290] = 255
+
+    def paint(task: str, mask: np.ndarray, blur_type: str, user: int) -> int:
+        return client.annotate(tasks[task], [brush_result(rle.encode(mask), w, h),
+                                             choice_result(BLUR_TYPE, blur_type)], user)
+
+    paint("c0.jpg", left, "defocus", ann)
+    paint("c0.jpg", right, "motion", bob)  # the most recent: the one a release takes
+    paint("c1.jpg", left, "defocus", ann)
+    rep = pull(catalog, client, ws, "blur s3 pull")
+    assert (rep.annotated, rep.pending) == (2, 1)
+    assert not (ws.root / "objects").exists()
+    anns = catalog.annotations_of(client.conn.url, r.project_id)
+    assert len(anns) == 3
+    for a in anns:  # each mask a PNG object on S3, as its annotator painted it
+        stored = np.asarray(Image.open(io.BytesIO(s3.cat_file(f"{OBJECTS}/{a['mask_object']}"))))
+        painted = right if a["annotator"].startswith("bob") else left
+        np.testing.assert_array_equal(stored > 127, painted > 127)
+
+    st = status(catalog, client.conn.url, r.project_id, ws.objects.read)
+    assert (st.pushed, st.annotated) == (3, 2)
+    pair = st.agreement_by_pair["ann-s3@blurset.local + bob-s3@blurset.local"]
+    inter, union = np.logical_and(left, right).sum(), np.logical_or(left, right).sum()
+    assert pair.pairs == 1 and pair.mean_iou == pytest.approx(inter / union, abs=1e-4)
+    sheet = tmp_path / "review.png"
+    rev = review(catalog, ws.objects.read, client.conn.url, r.project_id, "blur s3 pull", 0.8,
+                 sheet)
+    assert [d.where for d in rev.disagreements] == ["cand/c0.jpg"]
+    with Image.open(sheet) as im:  # the image (read from S3) and both masks over it
+        assert im.width > 3 * 300
+
+    info = R.build_release(ws, catalog, R.ReleaseSpec("s3-annotated", "1.0.0",
+                                                      projects=["blur s3 pull"],
+                                                      split="train=1.0"))
+    assert info.rows == 2 and R.verify_release(info.path).ok
+    rows = {row["id"]: row for row in pq.read_table(info.path / "data").to_pylist()}
+    by_path = {t["rel_path"]: t["image_id"] for t in catalog.tasks(client.conn.url, r.project_id)}
+    for rel, want in (("c0.jpg", right), ("c1.jpg", left)):
+        got = np.asarray(Image.open(io.BytesIO(rows[by_path[rel]]["mask"]["bytes"])))
+        np.testing.assert_array_equal(got > 127, want > 127)
+
+
 LBP = "lbp-blur-map@blurset"
 
 
