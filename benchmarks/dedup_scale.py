@@ -1,6 +1,6 @@
 """Dedup's all-pairs hash search at 10^4…10^6 images: the block index against the flat search.
 
-    python benchmarks/dedup_scale.py [--n 1000000] [--sample 200] [--seed 0]
+    python benchmarks/dedup_scale.py [--n 1000000] [--sample 200] [--seed 0] [--dask W]
 
 Synthetic images with the real variant structure: ``--pool`` synthetic 64×64 thumbs (smooth
 random fields) are hashed by ``blurset.pipeline.stages.dedup.search`` itself (162 window/mirror
@@ -27,6 +27,11 @@ the log-log slope of the block index's wall time against N over the sizes run (`
 of its CPU time, steadier on shared cores). Last line: ``RESULT n=… seconds=… recall_vs_flat=…
 peak_gb=… exponent=… flat_seconds=… flat_extrapolated=… speedup=… cpu_seconds=…
 cpu_exponent=… flat_cpu_seconds=… cpu_speedup=… planted_recall=…`` for the largest N.
+
+``--dask W``: at the largest N the block-index search also runs sharded on a
+``distributed.LocalCluster`` of ``W`` worker processes (one thread each; what ``blurset
+--dask-address`` does), timed against the local run above: ``dask_seconds=… dask_vs_local=…
+dask_same=…`` (1 when it found exactly the same hits) are added to the last line.
 """
 
 from __future__ import annotations
@@ -158,7 +163,31 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def run_size(n: int, pool: tuple, sample: int, rng) -> dict:
+def sorted_hits(columns) -> list:
+    import numpy as np
+
+    order = np.lexsort(columns[::-1])
+    return [np.asarray(c)[order] for c in columns]
+
+
+def on_cluster(workers: int, variants, bands, stored, local) -> dict:
+    """The block-index search sharded on a LocalCluster of ``workers`` processes: its wall
+    time and whether its hits are the local run's."""
+    from distributed import Client, LocalCluster
+
+    from blurset.pipeline.stages.dedup import search
+
+    with LocalCluster(n_workers=workers, processes=True, threads_per_worker=1,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        wall, _, remote = timed(lambda: search.search_hits(
+            variants, bands, stored, 0, THRESHOLD, index="blocks",
+            executor=client.get_executor()))
+    same = all((a == b).all() for a, b in zip(sorted_hits(remote), sorted_hits(local),
+                                               strict=True))
+    return {"dask_seconds": wall, "dask_same": same and len(remote[0]) == len(local[0])}
+
+
+def run_size(n: int, pool: tuple, sample: int, rng, dask_workers: int = 0) -> dict:
     import numpy as np
 
     from blurset.pipeline.stages.dedup import search
@@ -166,6 +195,7 @@ def run_size(n: int, pool: tuple, sample: int, rng) -> dict:
     variants, bands, stored, copies, originals, k = make_images(n, pool, rng)
     wall, cpu, blocks = timed(lambda: search.search_hits(variants, bands, stored, 0, THRESHOLD,
                                                          index="blocks"))
+    dask = on_cluster(dask_workers, variants, bands, stored, blocks) if dask_workers else {}
     whole = n <= 10_000
     queries = np.arange(n) if whole else np.sort(rng.choice(n, sample, replace=False))
     flat_wall, flat_cpu, flat = timed(lambda: flat_hits(variants, bands, stored, queries))
@@ -184,7 +214,7 @@ def run_size(n: int, pool: tuple, sample: int, rng) -> dict:
             "flat_cpu": flat_cpu * scale, "extrapolated": not whole, "flat_queries": len(queries),
             "want": len(want), "got": len(want & got), "extra": len(got - want),
             "planted": int(planted.sum()), "planted_found": int((by_blocks & planted).sum()),
-            "per_k": per_k, "peak": peak_gb()}
+            "per_k": per_k, "peak": peak_gb(), **dask}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="query images the flat search runs for above 10^4")
     parser.add_argument("--pool", type=int, default=2000, help="distinct synthetic thumbs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dask", type=int, default=0, metavar="W",
+                        help="also run the largest N on a LocalCluster of W worker processes")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import faiss
@@ -208,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [s for s in (10_000, 100_000) if s < args.n] + [args.n]
     rows = []
     for n in sizes:
-        r = run_size(n, pool, args.sample, rng)
+        r = run_size(n, pool, args.sample, rng, args.dask if n == sizes[-1] else 0)
         rows.append(r)
         flat_kind = (f"extrapolated from {r['flat_queries']} query images"
                      if r["extrapolated"] else "measured")
@@ -235,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"speedup={last['flat_seconds'] / last['seconds']:.0f} cpu_seconds={last['cpu']:.1f} "
           f"cpu_exponent={cpu_exponent:.2f} flat_cpu_seconds={last['flat_cpu']:.0f} "
           f"cpu_speedup={last['flat_cpu'] / last['cpu']:.0f} "
-          f"planted_recall={last['planted_found'] / max(1, last['planted']):.4f}")
+          f"planted_recall={last['planted_found'] / max(1, last['planted']):.4f}"
+          + (f" dask_seconds={last['dask_seconds']:.1f} "
+             f"dask_vs_local={last['dask_seconds'] / last['seconds']:.2f} "
+             f"dask_same={int(last['dask_same'])}" if "dask_seconds" in last else ""))
     return 0
 
 
