@@ -75,10 +75,12 @@ def _normalise(key: str, url: str) -> str:
     return url
 
 
-def remember_urls(root: Path, given: dict[str, str | None]) -> dict[str, str]:
+def remember_urls(root: Path, given: dict[str, str | None],
+                  remembered: dict[str, str] | None = None) -> dict[str, str]:
     """The URLs to use: each given one (checked against the remembered one, and remembered if
-    new), else the remembered one. Raises :class:`WorkspaceUrlConflict` on a different one."""
-    remembered = read_config(root)
+    new), else the remembered one. Raises :class:`WorkspaceUrlConflict` on a different one.
+    ``remembered``: what ``root``'s config file held when the caller read it (else read here)."""
+    remembered = read_config(root) if remembered is None else remembered
     given = {k: _normalise(k, v) for k, v in given.items() if v}
     for key, url in given.items():
         if key in remembered and remembered[key] != url:
@@ -124,7 +126,7 @@ class Workspace:
                                    "check --workspace or $BLURSET_WORKSPACE, or ingest a source "
                                    "to create one")
         root.mkdir(parents=True, exist_ok=True)
-        urls = remember_urls(root, given)
+        urls = remember_urls(root, given, remembered)
         return cls(root=root,
                    catalog_url=urls.get("catalog_url") or f"sqlite:///{root / 'catalog.sqlite'}",
                    objects_url=urls.get("objects_url"))
