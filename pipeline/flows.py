@@ -8,10 +8,12 @@ and a re-run continues. The stages they call know nothing of Prefect.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor
+import pickle
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -211,15 +213,48 @@ def _task_runner():
     return ctx.task_runner if ctx is not None else None
 
 
+@task(name="stage-piece", cache_policy=NO_CACHE, persist_result=False)
+def piece_task(fn: Callable, payload: bytes) -> Any:
+    """One piece of a stage's work (a search shard, a verification chunk, a release shard) as a
+    task run of its own. ``payload``: its arguments, pickled, so that Prefect does not walk
+    numpy arrays and thousands of pairs looking for futures."""
+    return fn(*pickle.loads(payload))
+
+
+class TaskRunExecutor(Executor):
+    """The ``concurrent.futures`` face the stages take (``executor=``), over the task runner of
+    the flow run in progress: each call is a Prefect task run named after its function
+    (``flat-shard``, ``verify-packed``, ``write-planned-shard``…), with its state in Prefect's
+    UI; on a Dask runner it runs on the cluster. Its futures are running once submitted (a
+    piece that has started is not cancelled: it ends alone)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        if kwargs:
+            raise TypeError("TaskRunExecutor.submit takes positional arguments only")
+        done: Future = Future()
+        done.set_running_or_notify_cancel()
+        name = fn.__name__.strip("_").replace("_", "-")
+        piece = piece_task.with_options(name=name).submit(
+            fn, pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+
+        def settle(finished) -> None:
+            try:
+                done.set_result(finished.result())
+            except BaseException as e:  # noqa: BLE001 - the piece's own error, raised by result()
+                done.set_exception(e)
+
+        piece.add_done_callback(settle)
+        return done
+
+
 def _dask_executor() -> Executor | None:
-    """A ``concurrent.futures`` executor on the Dask cluster of the flow's task runner, if it
-    is a ``prefect_dask.DaskTaskRunner``; else None."""
+    """A :class:`TaskRunExecutor` if the flow's task runner is a
+    ``prefect_dask.DaskTaskRunner`` (each piece a task run on its cluster); else None."""
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
         return None
-    runner = _task_runner()
-    return runner.client.get_executor() if isinstance(runner, DaskTaskRunner) else None
+    return TaskRunExecutor() if isinstance(_task_runner(), DaskTaskRunner) else None
 
 
 @task(name="find-duplicates", cache_policy=NO_CACHE)

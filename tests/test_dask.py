@@ -248,11 +248,23 @@ def test_the_sample_on_a_dask_cluster_equals_a_local_run(tmp_path, cluster):
     local_release = release_files(tmp_path / "local")
     assert any(name.endswith(".parquet") for name in local_release)
     assert release_files(tmp_path / "dask") == local_release
-    # the work ran on the cluster: hashing batches, verification chunks, the release's shards
+    # the work ran on the cluster, each piece a Prefect task run: hashing batches, search
+    # shards, verification chunks, the release's shards
     ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert {"ingest_batch_task", "verify_packed", "write_planned_shard"} <= set(ran), ran
+    assert {"ingest_batch_task", "piece_task"} <= set(ran), ran
     # with no server configured, each command kept Prefect in its workspace
-    assert (tmp_path / "dask" / ".prefect" / "prefect.db").is_file()
+    prefect_db = tmp_path / "dask" / ".prefect" / "prefect.db"
+    assert prefect_db.is_file()
+    db = sqlite3.connect(prefect_db)
+    try:
+        runs = [(name, state) for name, state in db.execute("SELECT name, state_type FROM task_run")]
+    finally:
+        db.close()
+    kinds = {name.rsplit("-", 1)[0] for name, _ in runs}
+    assert {"flat-shard", "verify-packed", "write-planned-shard"} <= kinds, sorted(kinds)
+    pieces = [state for name, state in runs
+              if name.rsplit("-", 1)[0] in ("flat-shard", "verify-packed", "write-planned-shard")]
+    assert set(pieces) == {"COMPLETED"}, pieces
 
 
 @pytest.mark.integration
