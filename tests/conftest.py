@@ -78,6 +78,13 @@ def photo(index: int = 0, size: tuple[int, int] | None = None) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS) if size else im
 
 
+def blob(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """An h × w 0/255 mask, 255 in the rectangle [y0:y1, x0:x1] (a painted region)."""
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
 def jpeg_bytes(im: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=kw.pop("quality", 90), **kw)

@@ -95,9 +95,8 @@ def test_a_worker_builds_the_block_index_once_per_database(monkeypatch):
     # query image i (also database row i, so never its own hit) is 2 bits from row i + 1
     queries = np.roll(database, -1)[:, None] ^ np.uint64(0b101)
     built = []
-    monkeypatch.setattr(dedup.search, "BlockIndex",
-                        lambda db: built.append(len(db)) or dedup.search._BlockIndex(db))
-    monkeypatch.setattr(dedup.search, "_BlockIndex", BlockIndex, raising=False)
+    monkeypatch.setattr(dedup.search, "BlockIndex",  # counts builds; this module's BlockIndex
+                        lambda db: built.append(len(db)) or BlockIndex(db))  # is the real one
     monkeypatch.setattr(dedup.search, "_WORKER_INDEX", {})
     first = dedup.search._block_shard(queries[:100], database, 4, 0, 0)
     second = dedup.search._block_shard(queries[100:], database, 4, 100, 0)

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import assert_push_refused_with_server_down, free_port, jpeg_bytes, photo, png_bytes
+from conftest import (
+    assert_push_refused_with_server_down,
+    blob,
+    free_port,
+    jpeg_bytes,
+    photo,
+    png_bytes,
+)
 from PIL import Image
 
 from blurset.annotation import rle
@@ -62,12 +69,6 @@ def small_workspace(tmp_path: Path) -> tuple[Workspace, dict[str, np.ndarray]]:
 
 def export_json(client: Client, project_id: int) -> list[dict]:
     return json.loads(client.export(project_id))
-
-
-def blob(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    m = np.zeros((h, w), np.uint8)
-    m[y0:y1, x0:x1] = 255
-    return m
 
 
 def test_push_is_idempotent_and_prelabels_round_trip(label_studio, tmp_path, request):

@@ -4,16 +4,19 @@ S3 API (moto's server, see conftest) through an S3 import storage, and presigns 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from conftest import (
     assert_push_refused_with_server_down,
+    blob,
     free_port,
     jpeg_bytes,
     photo,
@@ -21,11 +24,14 @@ from conftest import (
 )
 from PIL import Image
 
+from blurset.annotation import rle
 from blurset.annotation.client import connect
+from blurset.annotation.config import BLUR_TYPE, brush_result, choice_result
+from blurset.pipeline import release as R
 from blurset.pipeline.cli.main import cli
 from blurset.pipeline.stages.dedup.run import run_dedup
 from blurset.pipeline.stages.ingest import ingest_batch
-from blurset.pipeline.stages.labelling import push
+from blurset.pipeline.stages.labelling import pull, push, review, status
 from blurset.pipeline.stages.sources import scan_source
 from blurset.pipeline.workspace import Workspace
 
@@ -133,15 +139,6 @@ def test_cli_push_to_s3_objects_and_a_server_down(label_studio, prefect_harness,
 def test_pull_status_review_and_a_release_from_masks_on_s3(label_studio, s3, tmp_path, request):
     """People's masks pulled into an S3 workspace are stored on S3 (nothing local); status and
     review read them, and the images, from there; a release built from the project holds them."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    from blurset.annotation import rle
-    from blurset.annotation.config import BLUR_TYPE, brush_result, choice_result
-    from blurset.pipeline import release as R
-    from blurset.pipeline.stages.labelling import pull, review, status
-
     ws = s3_workspace(tmp_path)
     catalog, client = ws.catalog(), connect()
     request.addfinalizer(client.close)
@@ -150,10 +147,7 @@ def test_pull_status_review_and_a_release_from_masks_on_s3(label_studio, s3, tmp
     tasks = {t["rel_path"]: t["task_id"] for t in catalog.tasks(client.conn.url, r.project_id)}
     ann, bob = (client.ensure_user(f"{n}-s3@blurset.local") for n in ("ann", "bob"))
     h, w = 200, 300
-    left = np.zeros((h, w), np.uint8)
-    left[10:190, 10:160] = 255
-    right = np.zeros((h, w), np.uint8)
-    right[10:190, 140:290] = 255
+    left, right = blob(h, w, 10, 190, 10, 160), blob(h, w, 10, 190, 140, 290)
 
     def paint(task: str, mask: np.ndarray, blur_type: str, user: int) -> int:
         return client.annotate(tasks[task], [brush_result(rle.encode(mask), w, h),
