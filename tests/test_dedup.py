@@ -5,6 +5,7 @@ whose decisions survive re-runs."""
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -279,6 +280,25 @@ def test_distinct_fogs_on_one_lattice_are_kept_apart():
 
 def test_worker_processes_give_the_same_verdicts(case):
     assert find_duplicates(case.references, case.candidates, workers=2) == case.matches
+
+
+def test_the_fast_measure_gives_the_verdicts_of_the_full_one(case):
+    """``measure(full=False)`` skips the coarse measures where ``decide`` would not look at
+    them: copies, look-alikes, flat images and unrelated photos at a few warps (most of them
+    rejected on colour, as chance pairs are) get the same verdict, evidence and score."""
+    from blurset.pipeline.stages.dedup import verify
+    records = case.references + case.candidates
+    prepared = [prepare(r.hashes.thumb, r.hashes.chroma) for r in records]
+    rng = np.random.default_rng(3)
+    seen = Counter()
+    for _ in range(1500):
+        a, b = rng.choice(len(prepared), 2, replace=False)
+        warp = dedup.initial_warp(int(rng.choice([0, 1, 40, 81, 120])))
+        full = verify.decide(verify.measure(prepared[a], prepared[b], warp), 3)
+        fast = verify.decide(verify.measure(prepared[a], prepared[b], warp, full=False), 3)
+        assert fast == full, (records[a].key, records[b].key)
+        seen[full.evidence] += 1
+    assert seen["colour"] > 100 and seen["fine"] > 10, seen  # both shortcuts were taken
 
 
 def excluded(matches, decided=None) -> set[str]:

@@ -277,8 +277,10 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
             full: bool = True) -> Evidence:
     """The evidence of ``query`` warped onto ``template`` by ``warp`` ((2, 3), inverse map).
 
-    With ``full=False`` the coarse measures are skipped when the fine band already decides
-    (and the colours do not call for a look at the coarse structure).
+    With ``full=False`` the coarse measures are skipped where :func:`decide` would not look at
+    them: when the fine band already decides (and the colours do not call for a look at the
+    coarse structure), and when the fine band does not pass and the colours differ beyond
+    ``max_colour_error_coarse`` (rejected on colour whatever the structure).
     """
     mask = _inside(warp)
     inside = mask.bool
@@ -290,10 +292,17 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
     samples = min(template.samples, query.samples) * mask.n / (_S * _S)
     z = float(np.arctanh(min(max(fine, -0.9999), 0.9999)) * np.sqrt(max(samples - 3.0, 1.0)))
     colour_error = _colour_error(template, query, warp, mask, bars)
-    if (not full and fine >= bars.min_score and z >= bars.min_z
-            and (colour_error is None or colour_error <= bars.max_colour_error_fine_contradicted)
-            and (colour_error is not None or z >= bars.max_z_weak_fine)):
-        return Evidence(True, fine, z, colour_error=colour_error)
+    if not full:
+        fine_passes = fine >= bars.min_score and z >= bars.min_z
+        if colour_error is None:
+            decided = fine_passes and z >= bars.max_z_weak_fine
+        elif fine_passes:
+            decided = (colour_error <= bars.max_colour_error_fine_contradicted
+                       or colour_error > bars.max_colour_error_fine)
+        else:
+            decided = colour_error > bars.max_colour_error_coarse
+        if decided:
+            return Evidence(True, fine, z, colour_error=colour_error)
     return _coarse(template, smooth, mask, fine, z, colour_error)
 
 
