@@ -301,6 +301,22 @@ def test_the_fast_measure_gives_the_verdicts_of_the_full_one(case):
     assert seen["colour"] > 100 and seen["fine"] > 10, seen  # both shortcuts were taken
 
 
+@pytest.mark.parametrize("colour, fine, refined", [(1.2, 0.2, False), (0.85, 0.2, True),
+                                                   (1.2, 0.35, True), (0.3, 0.05, False)])
+def test_ecc_refines_only_pairs_it_could_turn(monkeypatch, colour, fine, refined):
+    """A pair rejected on colour is refined by ECC when its fine band is half there, unless its
+    colours are farther apart than ``max_colour_error_for_ecc`` and its band is weak."""
+    from blurset.pipeline.stages.dedup import verify
+    calls = []
+    monkeypatch.setattr(verify, "measure", lambda *a, **k: verify.Evidence(
+        True, fine, 1.0, r2=0.0, residual=9.0, structure=0.0, rho=0.0, colour_error=colour))
+    monkeypatch.setattr(verify, "refine", lambda *a: calls.append(a) or None)
+    thumb = prepare(np.full((64, 64), 128, np.uint8))
+    _, verdict = verify.verify_pair([verify.Start(thumb, thumb, dedup.initial_warp(0), 9)])
+    assert (verdict.verdict, verdict.evidence) == ("rejected", "colour")
+    assert bool(calls) == refined
+
+
 def excluded(matches, decided=None) -> set[str]:
     """The candidates a duplicate excludes (a person's word, where given, instead)."""
     decided = decided or {}

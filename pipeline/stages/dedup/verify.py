@@ -66,6 +66,8 @@ class Bars:
     min_score_with_coarse: float = 0.3  # fine band agreeing below its own bars, yet...
     min_z_with_coarse: float = 4.0  # ... significantly, makes a coarse fit a duplicate
     min_score_for_ecc: float = 0.1  # fine band a pair needs to be refined by ECC (or a fit)
+    max_colour_error_for_ecc: float = 0.9  # colours farther apart are not refined by ECC...
+    min_score_for_ecc_far_colour: float = 0.3  # ... unless the fine band is at least this
     scale_range: tuple[float, float] = (0.7, 1.4)  # per-axis scale of the warp
     max_shear: float = 0.15  # off-diagonal terms of the warp's linear part
     min_coverage: float = 0.8  # one image must cover this share of the other
@@ -469,9 +471,16 @@ def verify_pair(starts: list[Start], bars: Bars = BARS) -> tuple[int, Verdict]:
         tried.append((verdict, ev, i))
     verdict, ev, i = max(tried, key=lambda t: (_RANK[t[0].verdict], t[0].score))
     # ECC only where it can change the verdict: a fine band already half there, or an intensity
-    # map that fits (not for colours that differ: alignment does not change an 8×8 grid much).
-    if ev.plausible and (ev.fine >= bars.min_score_for_ecc
-                         or (verdict.evidence != "colour" and ev.r2 >= bars.min_r2)):
+    # map that fits (not for colours that differ: alignment does not change an 8×8 grid much,
+    # and colours farther apart than even a passing fine band may be, with a weak band, stay
+    # apart: ECC lowered the colour error of the overlapping crops it turned into duplicates by
+    # 0.51 at most, from at most 0.81; docs/dedup.md).
+    far_colour = (verdict.evidence == "colour" and ev.colour_error is not None
+                  and ev.colour_error > bars.max_colour_error_for_ecc
+                  and ev.fine < bars.min_score_for_ecc_far_colour)
+    if ev.plausible and not far_colour and (
+            ev.fine >= bars.min_score_for_ecc
+            or (verdict.evidence != "colour" and ev.r2 >= bars.min_r2)):
         start = starts[i]
         warp = refine(start.template, start.query, start.warp)
         if warp is not None:
