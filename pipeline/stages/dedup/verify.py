@@ -280,9 +280,10 @@ def measure(template: Prepared, query: Prepared, warp: np.ndarray, bars: Bars = 
     """The evidence of ``query`` warped onto ``template`` by ``warp`` ((2, 3), inverse map).
 
     With ``full=False`` the coarse measures are skipped where :func:`decide` would not look at
-    them: when the fine band already decides (and the colours do not call for a look at the
-    coarse structure), and when the fine band does not pass and the colours differ beyond
-    ``max_colour_error_coarse`` (rejected on colour whatever the structure).
+    them: when the fine band already makes a duplicate (and the colours do not call for a look
+    at the coarse structure), and when the colours reject the pair whatever the structure
+    (beyond ``max_colour_error_fine`` with a passing band, beyond ``max_colour_error_coarse``
+    without one).
     """
     mask = _inside(warp)
     inside = mask.bool
