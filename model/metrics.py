@@ -21,6 +21,7 @@ __all__ = [
     "ClassicMetrics",
     "binarize_mask",
     "normalize_map",
+    "paired_bootstrap",
 ]
 
 BETA2 = 0.3  # β² of the F-measure (Achanta et al., CVPR 2009), as every blur/saliency table
@@ -242,6 +243,77 @@ class ClassicMetrics:
                 "tpr": recall.copy(),
             },
         }
+
+    @staticmethod
+    def per_image(pairs: Any) -> np.ndarray:
+        """``(n_images, SIZE)``: each ``(pred, gt)`` pair's own sums (their total is the report
+        over all of them), for :func:`paired_bootstrap`."""
+        rows = []
+        for pred, gt in pairs:
+            one = ClassicMetrics()
+            one.step(pred, gt)
+            rows.append(one.sums)
+        return np.array(rows, np.float64).reshape(len(rows), ClassicMetrics.SIZE)
+
+
+def paired_bootstrap(per_image: dict[str, np.ndarray], reference: str, *, rounds: int = 2000,
+                     level: float = 0.95, seed: int = 0,
+                     beta2: float = BETA2) -> dict[str, dict[str, float]]:
+    """How sure a comparison on a few images is: ``reference`` against every other method.
+
+    ``per_image[name]`` holds one method's :meth:`ClassicMetrics.per_image` rows, the same images
+    in the same order for every method. Each round draws the images again with replacement (one
+    draw for all methods, so the comparison stays paired) and scores every method on the draw.
+    For each other method: ``max_f_diff`` and ``mae_diff`` (reference minus method, on all the
+    images), the ``level`` percentile interval of each over the rounds (``…_lo``, ``…_hi``), and
+    ``wins``, the share of rounds in which the reference has both the higher max F and the lower
+    MAE; under the key ``"all"``, ``wins`` is the share in which it beats every other method so.
+    An interval that straddles 0 means the images cannot tell the two apart.
+    """
+    if "all" in per_image:
+        raise ValueError("paired_bootstrap: 'all' names the summary entry; rename that method")
+    if reference not in per_image:
+        raise ValueError(f"paired_bootstrap: reference {reference!r} is not among the methods "
+                         f"{sorted(per_image)}")
+    shapes = {name: np.shape(rows) for name, rows in per_image.items()}
+    n = shapes[reference][0]
+    if n == 0 or any(shape != (n, ClassicMetrics.SIZE) for shape in shapes.values()):
+        raise ValueError(f"paired_bootstrap: every method needs one row of {ClassicMetrics.SIZE} "
+                         f"sums per image, the same images for all; got shapes {shapes}")
+    if rounds < 1 or not 0 < level < 1:
+        raise ValueError(f"paired_bootstrap: rounds must be >= 1 and level in (0, 1), got "
+                         f"{rounds} and {level}")
+    draws = np.random.default_rng(seed).integers(0, n, size=(rounds, n))
+    counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
+    full = np.ones((1, n))
+    k = N_THRESHOLDS
+
+    def scores(rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sums = weights @ np.asarray(rows, np.float64) / n  # (rounds, SIZE), means over images
+        f = _f_measure(sums[:, 4 : 4 + k], sums[:, 4 + k : 4 + 2 * k], beta2)
+        return sums[:, 0], f.max(axis=1)  # MAE, max F
+
+    ref_all, ref = scores(per_image[reference], full), scores(per_image[reference], counts)
+    tail = (1.0 - level) / 2.0 * 100.0
+    out: dict[str, dict[str, float]] = {}
+    beats_all = np.ones(rounds, bool)
+    for name, rows in per_image.items():
+        if name == reference:
+            continue
+        other_all, other = scores(rows, full), scores(rows, counts)
+        f_diff, mae_diff = ref[1] - other[1], ref[0] - other[0]
+        out[name] = {
+            "max_f_diff": float(ref_all[1][0] - other_all[1][0]),
+            "max_f_diff_lo": float(np.percentile(f_diff, tail)),
+            "max_f_diff_hi": float(np.percentile(f_diff, 100.0 - tail)),
+            "mae_diff": float(ref_all[0][0] - other_all[0][0]),
+            "mae_diff_lo": float(np.percentile(mae_diff, tail)),
+            "mae_diff_hi": float(np.percentile(mae_diff, 100.0 - tail)),
+            "wins": float(np.mean((f_diff > 0) & (mae_diff < 0))),
+        }
+        beats_all &= (f_diff > 0) & (mae_diff < 0)
+    out["all"] = {"wins": float(np.mean(beats_all))}
+    return out
 
 
 class BlurMetrics:

@@ -23,7 +23,7 @@ from blurset.model.evaluate import (
     resize_map,
     write_report,
 )
-from blurset.model.metrics import METRIC_KEYS, BlurMetrics
+from blurset.model.metrics import METRIC_KEYS, BlurMetrics, ClassicMetrics, paired_bootstrap
 
 # --------------------------------------------------------------------------------------------
 # Fixtures: masks with blurred blobs, noisy maps that partly follow them
@@ -189,6 +189,48 @@ def test_inverted_map_scores_poorly_and_the_flags_flip_it_back(mask):
         assert result.metrics["mae"] == 0
         assert result.metrics["max_f"] == pytest.approx(1.0)
         assert result.metrics["auc"] == pytest.approx(1.0)
+
+
+def test_paired_bootstrap_scores_each_draw_as_a_plain_report(pairs):
+    rng = np.random.default_rng(3)
+    other = [(_noisy_map(rng, gt, signal=0.35, as_uint8=False), gt) for _, gt in pairs]
+    rows = {"ref": ClassicMetrics.per_image(pairs), "other": ClassicMetrics.per_image(other)}
+    whole = {name: _run(p) for name, p in (("ref", pairs), ("other", other))}
+    for seed in (0, 1, 2):
+        boot = paired_bootstrap(rows, "ref", rounds=1, seed=seed)["other"]
+        draw = np.random.default_rng(seed).integers(0, len(pairs), size=(1, len(pairs)))[0]
+        ref, oth = _run([pairs[i] for i in draw]), _run([other[i] for i in draw])
+        # one round: the interval is that draw's difference, scored the plain way
+        assert boot["max_f_diff_lo"] == pytest.approx(ref["max_f"] - oth["max_f"])
+        assert boot["max_f_diff_hi"] == pytest.approx(ref["max_f"] - oth["max_f"])
+        assert boot["mae_diff_lo"] == pytest.approx(ref["mae"] - oth["mae"])
+        assert boot["max_f_diff"] == pytest.approx(whole["ref"]["max_f"] - whole["other"]["max_f"])
+        assert boot["mae_diff"] == pytest.approx(whole["ref"]["mae"] - whole["other"]["mae"])
+        assert boot["wins"] == float(ref["max_f"] > oth["max_f"] and ref["mae"] < oth["mae"])
+
+
+def test_paired_bootstrap_separates_a_clear_lead_from_none(pairs):
+    perfect = [(gt, gt) for _, gt in pairs]
+    rows = {"perfect": ClassicMetrics.per_image(perfect), "noisy": ClassicMetrics.per_image(pairs),
+            "same": ClassicMetrics.per_image(perfect)}
+    boot = paired_bootstrap(rows, "perfect", rounds=500)
+    assert boot["noisy"]["max_f_diff_lo"] > 0 and boot["noisy"]["mae_diff_hi"] < 0
+    assert boot["noisy"]["wins"] == 1.0
+    # an identical method: every difference is 0, and a tie is not a win
+    assert boot["same"]["max_f_diff_lo"] == boot["same"]["max_f_diff_hi"] == 0
+    assert boot["same"]["wins"] == 0 and boot["all"]["wins"] == 0
+    del rows["same"]
+    assert paired_bootstrap(rows, "perfect", rounds=500)["all"]["wins"] == 1.0
+
+
+def test_paired_bootstrap_refuses_unpaired_rows(pairs):
+    rows = ClassicMetrics.per_image(pairs)
+    with pytest.raises(ValueError, match="same images for all"):
+        paired_bootstrap({"a": rows, "b": rows[:-1]}, "a")
+    with pytest.raises(ValueError, match="reference 'c' is not among"):
+        paired_bootstrap({"a": rows, "b": rows}, "c")
+    with pytest.raises(ValueError, match="rounds must be"):
+        paired_bootstrap({"a": rows, "b": rows}, "a", rounds=0)
 
 
 def test_edge_cases_give_finite_documented_numbers():
