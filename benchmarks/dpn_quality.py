@@ -61,11 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from blurset.model.evaluate import (
         BASELINES,
         baseline_map,
+        compare_methods,
         evaluate_arrays,
+        format_comparison,
         format_table,
-        resize_map,
     )
-    from blurset.model.metrics import ClassicMetrics, paired_bootstrap
     from blurset.pipeline.stages.prelabel import DPN_THRESHOLD, guess_blur_type
 
     model, meta = load_checkpoint(args.checkpoint)
@@ -113,20 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     numbers |= {"beats_both": beats, "head_acc": head_acc, "rule_acc": acc(by_rule),
                 "majority_acc": majority, "images": len(truth)}
     if args.bootstrap:
-        per_image = {name: ClassicMetrics.per_image((resize_map(m, g.shape), g) for m, g in p)
-                     for name, p in pairs.items()}
-        boot = paired_bootstrap(per_image, "DPN", rounds=args.bootstrap)
-        print(f"DPN minus each map, {args.bootstrap} resamples of the {len(truth)} images "
-              "(95 % intervals):")
+        boot = compare_methods(results, rounds=args.bootstrap)
+        print(format_comparison(boot, "DPN", args.bootstrap, len(truth)))
         for b in BASELINES:
-            d = boot[b]
-            print(f"  {b:10} max F {d['max_f_diff']:+.4f} [{d['max_f_diff_lo']:+.4f}, "
-                  f"{d['max_f_diff_hi']:+.4f}]  MAE {d['mae_diff']:+.4f} [{d['mae_diff_lo']:+.4f}, "
-                  f"{d['mae_diff_hi']:+.4f}]  DPN ahead on both in {d['wins']:.0%}")
-            numbers |= {f"{b}_max_f_diff_lo": d["max_f_diff_lo"],
-                        f"{b}_max_f_diff_hi": d["max_f_diff_hi"],
-                        f"{b}_mae_diff_lo": d["mae_diff_lo"], f"{b}_mae_diff_hi": d["mae_diff_hi"]}
-        print(f"  DPN ahead of both maps on both measures in {boot['all']['wins']:.0%} of them")
+            numbers |= {f"{b}_{k}": boot[b][k] for k in ("max_f_diff_lo", "max_f_diff_hi",
+                                                         "mae_diff_lo", "mae_diff_hi")}
         numbers["beats_both_share"] = boot["all"]["wins"]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

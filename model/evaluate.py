@@ -25,7 +25,7 @@ from PIL import Image
 
 from blurset.errors import ConflictError, InputError, NotFoundError
 from blurset.model.baselines import laplacian_blur_map, lbp_blur_map
-from blurset.model.metrics import METRIC_KEYS, BlurMetrics
+from blurset.model.metrics import METRIC_KEYS, BlurMetrics, paired_bootstrap
 
 __all__ = [
     "BASELINES",
@@ -36,8 +36,10 @@ __all__ = [
     "MapFolderNotFoundError",
     "ReportExistsError",
     "baseline_map",
+    "compare_methods",
     "evaluate_arrays",
     "evaluate_dirs",
+    "format_comparison",
     "format_table",
     "load_mask",
     "load_pred_map",
@@ -88,7 +90,9 @@ class EvalResult:
 
     ``stems`` are the evaluated images in order; ``extra_preds`` the maps that had no mask
     (only with ``allow_extra_preds=True``); ``ignored`` the files skipped for their extension;
-    ``report_dir`` where :func:`write_report` wrote, if it did.
+    ``report_dir`` where :func:`write_report` wrote, if it did; ``per_image`` each image's
+    classic sums (:meth:`blurset.model.metrics.BlurMetrics.image_rows`), which
+    :func:`blurset.model.metrics.paired_bootstrap` compares methods on.
     """
 
     name: str
@@ -98,6 +102,7 @@ class EvalResult:
     ignored: tuple[Path, ...] = ()
     report_dir: Path | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    per_image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def evaluate_arrays(
     metrics = _accumulate(labelled, invert_gt=invert_gt, invert_pred=invert_pred)
     if len(metrics) == 0:
         raise ValueError(f"evaluate_arrays({name!r}): no (pred, gt) pair was given")
-    return EvalResult(name=name, metrics=metrics.results())
+    return EvalResult(name=name, metrics=metrics.results(), per_image=metrics.image_rows())
 
 
 def _accumulate(
@@ -321,6 +326,7 @@ def evaluate_dirs(
         extra_preds=tuple(extra),
         ignored=tuple(ignored_preds + ignored_gts),
         sources={"pred_dir": str(pred_dir), "gt_dir": str(gt_dir)},
+        per_image=metrics.image_rows(),
     )
     if out_dir is not None:
         write_report({name: result}, out_dir, force=force)
@@ -477,6 +483,44 @@ def format_table(results: Mapping[str, EvalResult | Mapping[str, Any]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def compare_methods(results: Mapping[str, EvalResult], rounds: int = 2000,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
+    """The first method against each other one, over ``rounds`` resamples of the images
+    (:func:`blurset.model.metrics.paired_bootstrap`); the methods must have been scored on the
+    same images in the same order."""
+    names = list(results)
+    if len(names) < 2:
+        raise ValueError("comparing methods needs at least two of them (with --checkpoint, keep "
+                         "--baselines)")
+    missing = [n for n in names if results[n].per_image is None]
+    if missing:
+        raise ValueError(f"no per-image numbers for {missing}: score them with evaluate_arrays "
+                         "or evaluate_dirs")
+    stems = {n: results[n].stems for n in names}
+    if len({s for s in stems.values() if s}) > 1:
+        raise ValueError("the methods were scored on different images; compare them on one set")
+    return paired_bootstrap({n: results[n].per_image for n in names}, names[0], rounds=rounds,
+                            seed=seed)
+
+
+def format_comparison(comparison: Mapping[str, Mapping[str, float]], reference: str,
+                      rounds: int, n_images: int) -> str:
+    """The lines :func:`compare_methods` gives, for people."""
+    head = (f"{reference} minus each method, {rounds} resamples of the {n_images} images "
+            "(95 % intervals; one that straddles 0 cannot tell the two apart):")
+    lines = [head]
+    for name, d in comparison.items():
+        if name == "all":
+            continue
+        lines.append(
+            f"  {name:10} max F {d['max_f_diff']:+.4f} [{d['max_f_diff_lo']:+.4f}, "
+            f"{d['max_f_diff_hi']:+.4f}]  MAE {d['mae_diff']:+.4f} [{d['mae_diff_lo']:+.4f}, "
+            f"{d['mae_diff_hi']:+.4f}]  {reference} ahead on both in {d['wins']:.0%}")
+    lines.append(f"  {reference} ahead of every other method on both measures in "
+                 f"{comparison['all']['wins']:.0%} of them")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------

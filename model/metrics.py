@@ -188,8 +188,16 @@ class ClassicMetrics:
         """Add one image: ``pred`` a blur map ``(H, W)``, ``gt`` its mask of the same shape."""
         self.add(*_prepare(pred, gt))
 
-    def add(self, m: np.ndarray, g: np.ndarray) -> None:
-        """Add one image already prepared: ``m`` normalised float64, ``g`` bool, same shape."""
+    def add(self, m: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Add one image already prepared: ``m`` normalised float64, ``g`` bool, same shape.
+        Returns that image's own sums (``(SIZE,)``)."""
+        row = self.image_sums(m, g)
+        self.sums += row
+        return row
+
+    @staticmethod
+    def image_sums(m: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """One prepared image's sums (``(SIZE,)``, the layout of :attr:`sums`)."""
         # 8-bit levels, "q >= t" counted by cumulative histograms.
         q = np.floor(m * 255.0 + 0.5).astype(np.intp)  # (H, W) in 0..255, MATLAB round
         n_pos = int(np.count_nonzero(g))
@@ -197,11 +205,13 @@ class ClassicMetrics:
         tp = np.cumsum(np.bincount(q[g], minlength=N_THRESHOLDS)[::-1])[::-1]  # (256,) q >= t
         fp = np.cumsum(np.bincount(q[~g], minlength=N_THRESHOLDS)[::-1])[::-1]
         n = N_THRESHOLDS
-        self.sums[0] += float(np.abs(m - g).mean())
-        self.sums[1:4] += (1, n_pos == 0, n_neg == 0)
-        self.sums[4 : 4 + n] += _divide(tp, tp + fp)
-        self.sums[4 + n : 4 + 2 * n] += _divide(tp, n_pos)
-        self.sums[4 + 2 * n :] += _divide(fp, n_neg)
+        row = np.zeros(ClassicMetrics.SIZE)
+        row[0] = float(np.abs(m - g).mean())
+        row[1:4] = (1, n_pos == 0, n_neg == 0)
+        row[4 : 4 + n] = _divide(tp, tp + fp)
+        row[4 + n : 4 + 2 * n] = _divide(tp, n_pos)
+        row[4 + 2 * n :] = _divide(fp, n_neg)
+        return row
 
     def results(self) -> dict[str, Any]:
         """``mae, max_f, mean_f, ap, auc, best_threshold, n_images, n_empty_gt, n_full_gt`` and
@@ -248,11 +258,7 @@ class ClassicMetrics:
     def per_image(pairs: Any) -> np.ndarray:
         """``(n_images, SIZE)``: each ``(pred, gt)`` pair's own sums (their total is the report
         over all of them), for :func:`paired_bootstrap`."""
-        rows = []
-        for pred, gt in pairs:
-            one = ClassicMetrics()
-            one.step(pred, gt)
-            rows.append(one.sums)
+        rows = [ClassicMetrics.image_sums(*_prepare(pred, gt)) for pred, gt in pairs]
         return np.array(rows, np.float64).reshape(len(rows), ClassicMetrics.SIZE)
 
 
@@ -325,6 +331,7 @@ class BlurMetrics:
 
     def __init__(self, beta2: float = BETA2) -> None:
         self._classic = ClassicMetrics(beta2)
+        self._rows: list[np.ndarray] = []  # each image's classic sums, for paired_bootstrap
         self.beta2 = self._classic.beta2
         self._sm = _Smeasure(alpha=0.5)
         self._wfm = sod.WeightedFmeasure(beta=1.0)
@@ -352,10 +359,15 @@ class BlurMetrics:
     def step(self, pred: Any, gt: Any) -> None:
         """Add one image: ``pred`` a blur map ``(H, W)``, ``gt`` its mask of the same shape."""
         m, g = _prepare(pred, gt)
-        self._classic.add(m, g)
+        self._rows.append(self._classic.add(m, g))
         self._sm.step(m, g, normalize=False)
         self._wfm.step(m, g, normalize=False)
         self._fm.step(m, g, normalize=False)
+
+    def image_rows(self) -> np.ndarray:
+        """``(n_images, ClassicMetrics.SIZE)``: each image's classic sums, in the order they
+        were stepped (for :func:`paired_bootstrap`)."""
+        return np.array(self._rows, np.float64).reshape(len(self._rows), ClassicMetrics.SIZE)
 
     def results(self) -> dict[str, Any]:
         """The numbers (floats) and curves (float64 arrays of 256, index = threshold ``t``).

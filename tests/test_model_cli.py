@@ -83,6 +83,27 @@ def test_evaluate_a_checkpoint_on_a_release_with_the_baselines(setup, tmp_path):
     assert len(rows) == 3 * 256
 
 
+@pytest.mark.integration
+def test_evaluate_bootstrap_gives_intervals_of_the_dpn_lead(setup, tmp_path):
+    js = tmp_path / "numbers.json"
+    common = ["-w", str(setup["ws"]), "evaluate", "--checkpoint", str(setup["ckpt"]),
+              "--release", "other@1.0.0", "--releases-root", str(setup["root"])]
+    text = run(*common, "--json", str(js), "--bootstrap", "300")
+    assert "DPN minus each method, 300 resamples of the 5 images" in text
+    numbers = json.loads(js.read_text())
+    boot = numbers["bootstrap"]
+    assert set(boot) == {"laplacian", "lbp", "all"}
+    for b in ("laplacian", "lbp"):
+        other = numbers["others"][b]
+        assert boot[b]["max_f_diff"] == pytest.approx(numbers["max_f"] - other["max_f"])
+        assert boot[b]["mae_diff"] == pytest.approx(numbers["mae"] - other["mae"])
+        assert boot[b]["max_f_diff_lo"] <= boot[b]["max_f_diff_hi"]
+        assert 0 <= boot[b]["wins"] <= 1
+    assert boot["all"]["wins"] <= min(boot["laplacian"]["wins"], boot["lbp"]["wins"])
+    r = CliRunner().invoke(cli, [*common, "--no-baselines", "--bootstrap", "300"])
+    assert r.exit_code == 2 and "--bootstrap compares the DPN with the handcrafted maps" in r.output
+
+
 def test_evaluate_folders_any_method_with_inversion(tmp_path):
     gt, pred, inv = tmp_path / "gt", tmp_path / "pred", tmp_path / "inv"
     for d in (gt, pred, inv):

@@ -90,16 +90,22 @@ def train(c: Ctx, train: str, val: str | None, config_path: str, out: str, resum
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the numbers (mae, max_f, mean_f, ap, auc, s_measure, weighted_f) here.")
 @click.option("--force", is_flag=True, help="Replace an existing report in --out.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=0, metavar="ROUNDS",
+              help="With --checkpoint and the baselines: draw the images again ROUNDS times "
+                   "(e.g. 2000) and give 95% intervals of the DPN's lead over each map.")
 @click.option("--releases-root", type=click.Path(file_okay=False))
 @pass_ctx
 def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: str | None,
              pred_dir: str | None, gt_dir: str | None, invert_gt: bool, invert_pred: bool,
              allow_extra_preds: bool, baselines: bool, name: str | None, out: str | None, json_path: str | None,
-             force: bool, releases_root: str | None) -> None:
+             force: bool, bootstrap: int, releases_root: str | None) -> None:
     """Score blur maps: a checkpoint on a release, or any method's maps against masks."""
-    from blurset.model.evaluate import format_table
+    from blurset.model.evaluate import compare_methods, format_comparison, format_table
     if bool(checkpoint) == bool(pred_dir):
         raise click.UsageError("give either --checkpoint with --release, or --pred-dir with --gt-dir")
+    if bootstrap and not (checkpoint and baselines):
+        raise click.UsageError("--bootstrap compares the DPN with the handcrafted maps: give it "
+                               "with --checkpoint and without --no-baselines")
     if checkpoint:
         if not release_spec:
             raise click.UsageError("--checkpoint needs --release NAME@VERSION")
@@ -115,8 +121,14 @@ def evaluate(c: Ctx, checkpoint: str | None, release_spec: str | None, split: st
         results = {label: r}
     paths = _write(results, out, force) if out else {}
     click.echo(format_table(results))
+    comparison = None
+    if bootstrap:
+        comparison = compare_methods(results, rounds=bootstrap)
+        first = next(iter(results))
+        click.echo(format_comparison(comparison, first, bootstrap,
+                                     results[first].metrics["n_images"]))
     if json_path:
-        _write_json(results, paths, Path(json_path))
+        _write_json(results, paths, Path(json_path), comparison)
         click.echo(f"numbers: {json_path}")
     if out:
         click.echo(f"report: {Path(out).resolve()} (metrics.json, table.txt, pr_curve.png, "
@@ -145,9 +157,10 @@ def _write(results: dict, out: str, force: bool) -> dict:
     return write_scores(results, out, force=force)
 
 
-def _write_json(results: dict, paths: dict, path: Path) -> None:
+def _write_json(results: dict, paths: dict, path: Path, comparison: dict | None = None) -> None:
     """The first method's numbers at the top level (``mae``, ``max_f``, …), the others under
-    ``others``, the curves' CSV paths under ``curves``."""
+    ``others``, the curves' CSV paths under ``curves``, the bootstrap's intervals (the first
+    method minus each other one) under ``bootstrap``."""
     from blurset.model.evaluate import SUMMARY_KEYS
     data = {name: {k: r.metrics[k] for k in SUMMARY_KEYS if k in r.metrics}
             for name, r in results.items()}
@@ -157,6 +170,8 @@ def _write_json(results: dict, paths: dict, path: Path) -> None:
         body["others"] = {k: v for k, v in data.items() if k != first}
     if paths:
         body["curves"] = {k: str(v) for k, v in paths.items() if str(v).endswith(".csv")}
+    if comparison:
+        body["bootstrap"] = comparison
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
