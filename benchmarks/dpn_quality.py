@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=0, metavar="ROUNDS",
                         help="resample the images ROUNDS times: 95%% intervals of the DPN's lead "
                              "over each map (0: off)")
+    parser.add_argument("--rows", help="save the DPN's per-image classic sums here (.npy), for "
+                                       "comparing checkpoints on the same release")
     parser.add_argument("--sheet", help="write a contact sheet (PNG) of predictions on photos")
     parser.add_argument("--sheet-photo", action="append", default=[],
                         help="another photo for the sheet (repeatable)")
@@ -119,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             numbers |= {f"{b}_{k}": boot[b][k] for k in ("max_f_diff_lo", "max_f_diff_hi",
                                                          "mae_diff_lo", "mae_diff_hi")}
         numbers["beats_both_share"] = boot["all"]["wins"]
+    if args.rows:
+        np.save(args.rows, results["DPN"].per_image)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"checkpoint": args.checkpoint, "release": release.spec, **numbers}, fh,

@@ -17,7 +17,9 @@ laplacian_max_f=… lbp_mae=… lbp_max_f=… <label>_mae=… <label>_max_f=… 
 for each checkpoint (label: ``pretrained``, or the file's stem; ``_N`` added when taken), and
 ``<label>_beats_both_share``: twelve photos are few, so each checkpoint's lead over each map is
 also given as a 95 % interval over 2,000 resamples of the photos (``--bootstrap``), and the share
-is how many of those resamples the DPN wins on both measures against both maps.
+is how many of those resamples the DPN wins on both measures against both maps. With several
+checkpoints, each one's lead over the first is given the same way (paired: the same draws), and
+``<label>_vs_<first>_max_f_lo/_hi`` bound it.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels.append(label)
         cmd = [py, str(HERE / "dpn_quality.py"), "--release", "realblur@1.0.0",
                "--releases-root", str(work / "ws" / "releases"), "--checkpoint", ckpt,
-               "--bootstrap", str(args.bootstrap)]
+               "--bootstrap", str(args.bootstrap), "--rows", str(work / f"rows-{label}.npy")]
         if args.sheet and ckpt == checkpoints[0]:
             cmd += ["--sheet", args.sheet,
                     *[f"--sheet-photo={p}" for p in sorted((work / "source" / "image").glob("*"))]]
@@ -148,6 +150,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[f"{label}_beats_both"] = r["beats_both"]
         if "beats_both_share" in r:
             results[f"{label}_beats_both_share"] = r["beats_both_share"]
+    if args.bootstrap and len(labels) > 1:
+        import numpy as np
+
+        from blurset.model.metrics import paired_bootstrap
+        rows = {label: np.load(work / f"rows-{label}.npy") for label in labels}
+        boot = paired_bootstrap(rows, labels[0], rounds=args.bootstrap)
+        print(f"--- {labels[0]} minus each other checkpoint, {args.bootstrap} resamples of the "
+              "photos (95 % intervals)")
+        for label in labels[1:]:
+            d = boot[label]
+            print(f"  {label:18} max F {d['max_f_diff']:+.4f} [{d['max_f_diff_lo']:+.4f}, "
+                  f"{d['max_f_diff_hi']:+.4f}]  MAE {d['mae_diff']:+.4f} "
+                  f"[{d['mae_diff_lo']:+.4f}, {d['mae_diff_hi']:+.4f}]")
+            results[f"{label}_vs_{labels[0]}_max_f_lo"] = f"{-d['max_f_diff_hi']:.4f}"
+            results[f"{label}_vs_{labels[0]}_max_f_hi"] = f"{-d['max_f_diff_lo']:.4f}"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))
     return 0
 
