@@ -3,7 +3,7 @@ handcrafted blur maps, and of its blur-type head against the coherence rule and 
 
     python benchmarks/dpn_quality.py --release synth-heldout@1.0.0 [--checkpoint pretrained]
                                      [--releases-root DIR] [--json FILE] [--limit N]
-                                     [--bootstrap ROUNDS]
+                                     [--bootstrap ROUNDS] [--rows FILE.npy]
                                      [--sheet FILE.png [--sheet-photo PATH ...]]
 
 Every image of the release (or its ``:SPLIT``) is scored at its own size with the classic
@@ -20,7 +20,8 @@ On a few images a lead of 0.01 may be luck. ``--bootstrap ROUNDS`` draws the ima
 replacement ROUNDS times (one draw for all methods) and prints the 95 % interval of the DPN's lead
 over each map in max F and MAE, and the share of draws in which the DPN beats both maps on both
 (:func:`blurset.model.metrics.paired_bootstrap`); the RESULT line gains ``<map>_max_f_diff_lo/_hi``,
-``<map>_mae_diff_lo/_hi`` and ``beats_both_share``.
+``<map>_mae_diff_lo/_hi`` and ``beats_both_share``. ``--rows`` saves the DPN's per-image sums, so
+that checkpoints scored on the same release can be compared the same way (``realblur.py`` does).
 
 ``--sheet`` also draws a contact sheet for people to judge by eye: each photo (default: the
 scikit-image and scikit-learn photographs, several with natural shallow depth of field, none
