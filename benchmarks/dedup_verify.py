@@ -75,25 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = [(int(pairs.earlier[p]), int(pairs.later[p]), search.initialisations(pairs.hits(p)))
             for p in chosen]
     chromas = [h.chroma for h in records]
-    fast_measure = verify.measure
-
-    def full_measure(template, query, warp, bars=verify.BARS, *, full=True):
-        return fast_measure(template, query, warp, bars, full=True)
-
     every_refinement = dataclasses.replace(verify.BARS, max_colour_error_for_ecc=float("inf"))
 
-    def timed(measure, bars: verify.Bars) -> tuple[float, list]:
-        verify.measure = measure
-        try:
-            _verify_jobs(thumbs, chromas, jobs[:50], bars)  # warm the warp caches
-            start = time.perf_counter()
-            out = _verify_jobs(thumbs, chromas, jobs, bars)
-            return time.perf_counter() - start, out
-        finally:
-            verify.measure = fast_measure
+    def timed(bars: verify.Bars, full: bool) -> tuple[float, list]:
+        _verify_jobs(thumbs, chromas, jobs[:50], bars, full=full)  # warm the warp caches
+        start = time.perf_counter()
+        out = _verify_jobs(thumbs, chromas, jobs, bars, full=full)
+        return time.perf_counter() - start, out
 
-    full_s, full_out = timed(full_measure, every_refinement)
-    fast_s, fast_out = timed(fast_measure, verify.BARS)
+    full_s, full_out = timed(every_refinement, full=True)
+    fast_s, fast_out = timed(verify.BARS, full=False)
     same = [v.verdict for _, v in full_out] == [v.verdict for _, v in fast_out]
     other = sum(a != b for a, b in zip(full_out, fast_out))
     print("verdicts:", dict(Counter(f"{v.verdict}/{v.evidence}" for _, v in fast_out)))

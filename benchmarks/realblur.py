@@ -153,16 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bootstrap and len(labels) > 1:
         import numpy as np
 
+        from blurset.model.evaluate import format_comparison
         from blurset.model.metrics import paired_bootstrap
         rows = {label: np.load(work / f"rows-{label}.npy") for label in labels}
         boot = paired_bootstrap(rows, labels[0], rounds=args.bootstrap)
-        print(f"--- {labels[0]} minus each other checkpoint, {args.bootstrap} resamples of the "
-              "photos (95 % intervals)")
+        print("--- the checkpoints against each other")
+        print(format_comparison(boot, labels[0], args.bootstrap, int(results["images"])))
         for label in labels[1:]:
             d = boot[label]
-            print(f"  {label:18} max F {d['max_f_diff']:+.4f} [{d['max_f_diff_lo']:+.4f}, "
-                  f"{d['max_f_diff_hi']:+.4f}]  MAE {d['mae_diff']:+.4f} "
-                  f"[{d['mae_diff_lo']:+.4f}, {d['mae_diff_hi']:+.4f}]")
             results[f"{label}_vs_{labels[0]}_max_f_lo"] = f"{-d['max_f_diff_hi']:.4f}"
             results[f"{label}_vs_{labels[0]}_max_f_hi"] = f"{-d['max_f_diff_lo']:.4f}"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in results.items()))

@@ -254,21 +254,14 @@ class ClassicMetrics:
             },
         }
 
-    @staticmethod
-    def per_image(pairs: Any) -> np.ndarray:
-        """``(n_images, SIZE)``: each ``(pred, gt)`` pair's own sums (their total is the report
-        over all of them), for :func:`paired_bootstrap`."""
-        rows = [ClassicMetrics.image_sums(*_prepare(pred, gt)) for pred, gt in pairs]
-        return np.array(rows, np.float64).reshape(len(rows), ClassicMetrics.SIZE)
-
 
 def paired_bootstrap(per_image: dict[str, np.ndarray], reference: str, *, rounds: int = 2000,
                      level: float = 0.95, seed: int = 0,
                      beta2: float = BETA2) -> dict[str, dict[str, float]]:
     """How sure a comparison on a few images is: ``reference`` against every other method.
 
-    ``per_image[name]`` holds one method's :meth:`ClassicMetrics.per_image` rows, the same images
-    in the same order for every method. Each round draws the images again with replacement (one
+    ``per_image[name]`` holds one method's per-image sums (:meth:`BlurMetrics.image_rows`, rows of
+    :meth:`ClassicMetrics.image_sums`), the same images in the same order for every method. Each round draws the images again with replacement (one
     draw for all methods, so the comparison stays paired) and scores every method on the draw.
     For each other method: ``max_f_diff`` and ``mae_diff`` (reference minus method, on all the
     images), the ``level`` percentile interval of each over the rounds (``…_lo``, ``…_hi``), and

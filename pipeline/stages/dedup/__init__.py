@@ -168,10 +168,11 @@ def _workers(asked: int | None, jobs: int) -> int:
 def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
                  jobs: Sequence[tuple[int, int, list]], bars: verify.Bars,
                  progress: Callable[[int], None] | None = None,
-                 prepared: _PreparedCache | None = None
+                 prepared: _PreparedCache | None = None, *, full: bool = False
                  ) -> list[tuple[int, verify.Verdict]]:
     """The verdict of each (earlier, later, initial hits) job, in order. ``prepared`` caches
-    the prepared thumbs (a worker keeps one for all its chunks)."""
+    the prepared thumbs (a worker keeps one for all its chunks); ``full`` as
+    :func:`verify.verify_pair`."""
     prepared = _PreparedCache() if prepared is None else prepared
 
     def prep(i: int, mirrored: bool = False) -> verify.Prepared:
@@ -185,7 +186,7 @@ def _verify_jobs(thumbs: np.ndarray, chromas: Sequence[np.ndarray | None],
     for done, (_, _, inits) in enumerate(jobs):
         starts = [verify.Start(prep(h.target), prep(h.query, h.mirrored),
                                search.initial_warp(h.variant), h.distance) for h in inits]
-        out.append(verify.verify_pair(starts, bars))
+        out.append(verify.verify_pair(starts, bars, full=full))
         if progress is not None:
             progress(done + 1)
     return out

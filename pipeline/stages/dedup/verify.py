@@ -459,13 +459,15 @@ def refine(template: Prepared, query: Prepared, warp: np.ndarray) -> np.ndarray 
     return refined
 
 
-def verify_pair(starts: list[Start], bars: Bars = BARS) -> tuple[int, Verdict]:
+def verify_pair(starts: list[Start], bars: Bars = BARS, *,
+                full: bool = False) -> tuple[int, Verdict]:
     """Judge the pair at each start; if none makes it a duplicate, refine the most promising
     one with ECC and judge again. Returns the index of the deciding start (0 when rejected) and
-    the verdict; uncertain outranks rejected."""
+    the verdict; uncertain outranks rejected. ``full`` computes every measure (:func:`measure`),
+    the same verdicts more slowly (a baseline for benchmarks)."""
     tried: list[tuple[Verdict, Evidence, int]] = []
     for i, start in enumerate(starts):
-        ev = measure(start.template, start.query, start.warp, bars, full=False)
+        ev = measure(start.template, start.query, start.warp, bars, full=full)
         verdict = decide(ev, start.distance, bars)
         if verdict.duplicate:
             return i, verdict
@@ -477,15 +479,14 @@ def verify_pair(starts: list[Start], bars: Bars = BARS) -> tuple[int, Verdict]:
     # apart: ECC lowered the colour error of the overlapping crops it turned into duplicates by
     # 0.51 at most, from at most 0.81; docs/dedup.md).
     far_colour = (verdict.evidence == "colour" and ev.colour_error is not None
-                  and ev.colour_error > bars.max_colour_error_for_ecc
-                  and ev.fine < bars.min_score_for_ecc_far_colour)
-    if ev.plausible and not far_colour and (
-            ev.fine >= bars.min_score_for_ecc
-            or (verdict.evidence != "colour" and ev.r2 >= bars.min_r2)):
+                  and ev.colour_error > bars.max_colour_error_for_ecc)
+    min_fine = bars.min_score_for_ecc_far_colour if far_colour else bars.min_score_for_ecc
+    if ev.plausible and (ev.fine >= min_fine
+                         or (verdict.evidence != "colour" and ev.r2 >= bars.min_r2)):
         start = starts[i]
         warp = refine(start.template, start.query, start.warp)
         if warp is not None:
-            second = decide(measure(start.template, start.query, warp, bars, full=False),
+            second = decide(measure(start.template, start.query, warp, bars, full=full),
                             start.distance, bars)
             if (_RANK[second.verdict], second.score) > (_RANK[verdict.verdict], verdict.score):
                 verdict = second
